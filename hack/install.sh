@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with the extras asked for:
+#   trainer   -> what the demo needs;  all -> operator + trainer + dev tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-all}"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+case "$what" in
+  trainer) extras="trainer,operator" ;;
+  all) extras="operator,trainer,dev" ;;
+  *) echo "usage: hack/install.sh [trainer|all]" >&2; exit 2 ;;
+esac
+# torch is pinned on the same line so pip takes the CPU wheel and never a CUDA build;
+# DS_BUILD_OPS=0: DeepSpeed compiles its ops on first use instead of at install.
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[${extras}]"

@@ -1,0 +1,1 @@
+"""Whetstone operator: reconciles FineTuneJob, ModelVersion and Rollout."""

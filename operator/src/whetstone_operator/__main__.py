@@ -1,0 +1,73 @@
+"""Operator entry point (what the operator image runs): settings from flags and environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import kopf
+
+from whetstone_operator import handlers  # noqa: F401  (registers the handlers)
+from whetstone_operator.settings import OperatorOptions, configure
+
+
+def _parse(argv: list[str] | None) -> OperatorOptions:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="whetstone-operator", description=__doc__)
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[n for n in env("WHETSTONE_NAMESPACES", "").split(",") if n],
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    parser.add_argument(
+        "--peering",
+        default=env("WHETSTONE_PEERING", ""),
+        help="kopf peering name shared by replicas (only one acts); empty = standalone",
+    )
+    parser.add_argument(
+        "--liveness", default=env("WHETSTONE_LIVENESS", ""), help="e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("WHETSTONE_METRICS_PORT", "0")),
+        help="Prometheus metrics port; 0 = off",
+    )
+    parser.add_argument(
+        "--trainer-image",
+        default=env("WHETSTONE_TRAINER_IMAGE", "ghcr.io/whetstone/trainer:0.1.0"),
+        help="default trainer image",
+    )
+    parser.add_argument("--log-format", default=env("WHETSTONE_LOG_FORMAT", "plain"))
+    parser.add_argument("--verbose", action="store_true", default=bool(env("WHETSTONE_VERBOSE")))
+    args = parser.parse_args(argv)
+    return OperatorOptions(
+        namespaces=tuple(args.namespace),
+        peering=args.peering,
+        liveness=args.liveness,
+        metrics_port=args.metrics_port,
+        trainer_image=args.trainer_image,
+        log_format=args.log_format,
+        verbose=args.verbose,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = _parse(argv)
+    logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO)
+    configure(options)
+    kopf.run(
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces,
+        standalone=not options.peering,
+        peering_name=options.peering or None,
+        liveness_endpoint=options.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""FineTuneJob: spec and status. The training sections are the trainer's own config parts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+from whetstone_trainer.config import (
+    CamelModel,
+    DatasetSpec,
+    DeepSpeedSettings,
+    EarlyStopping,
+    EvaluationSpec,
+    Hyperparameters,
+    MethodSpec,
+    ModelSource,
+    OutputSpec,
+    check_combination,
+)
+from whetstone_trainer.result import CheckpointInfo, DataReport, Progress
+
+from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
+from whetstone_operator.api.modelversion import Gate, MetricValues
+
+
+class BaseModelSpec(ModelSource):
+    """The pre-trained model to start from, and the Secret to read it with."""
+
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with credentials for the base model's location (e.g. HF_TOKEN or "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), exposed to the trainer as environment.",
+    )
+
+
+class DatasetSource(DatasetSpec):
+    """Training data, its preparation, and the Secret to read it with."""
+
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with credentials for the data's location, exposed as environment.",
+    )
+
+
+class OutputLocation(OutputSpec):
+    """Where artifacts and checkpoints go, and the Secret to write them with."""
+
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with credentials for the output location, exposed as environment.",
+    )
+
+
+class ResourcesSpec(CamelModel):
+    """Compute for the trainer: nodes, GPUs, placement and DeepSpeed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.nodes <= 1 || has(self.deepspeed)",
+                    "message": "resources.nodes > 1 needs resources.deepspeed",
+                }
+            ]
+        }
+    )
+
+    nodes: int = Field(
+        default=1, ge=1, le=1024, description="Trainer pods; more than one needs deepspeed."
+    )
+    gpus_per_node: int = Field(
+        default=1, ge=0, le=64, description="GPUs requested by each trainer pod (0 = CPU only)."
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu).",
+    )
+    cpu: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+        description="CPU request per trainer pod (e.g. 8 or 500m).",
+    )
+    memory: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
+        description="Memory request and limit per trainer pod (e.g. 64Gi).",
+    )
+    shm_size: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
+        description="Size of the memory-backed /dev/shm (default: sized from GPUs per node).",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the trainer pods must match."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Kubernetes tolerations for the trainer pods (core/v1 Toleration).",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Kubernetes affinity for the trainer pods (core/v1 Affinity)."
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the trainer pods."
+    )
+    deepspeed: DeepSpeedSettings | None = Field(
+        default=None, description="DeepSpeed ZeRO settings; required when nodes > 1."
+    )
+
+
+class Registration(CamelModel):
+    """Register the result as a ModelVersion when the job succeeds."""
+
+    model: str = Field(
+        max_length=40,
+        pattern=DNS_LABEL,
+        description="Registered model name; the ModelVersion is named "
+        "<model>-<base>-v<version>-<yyyymmdd>.",
+    )
+    gates: list[Gate] = Field(
+        default_factory=list, description="Quality gates copied into the ModelVersion."
+    )
+    approval_required: bool = Field(
+        default=True,
+        description="Whether the ModelVersion needs a human approval before it can be rolled out.",
+    )
+
+
+class FineTuneJobSpec(CamelModel):
+    """What to fine-tune, on which data, how, on what hardware, and where the result goes."""
+
+    base_model: BaseModelSpec = Field(description="The pre-trained model to start from.")
+    dataset: DatasetSource = Field(description="Training data and its preparation.")
+    method: MethodSpec = Field(
+        default_factory=MethodSpec, description="Fine-tuning method: lora, qlora or full."
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="Training hyperparameters; omitted ones are chosen and recorded in status.",
+    )
+    early_stopping: EarlyStopping | None = Field(
+        default=None, description="Stop when the validation loss stops improving."
+    )
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec, description="Metrics computed after training."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Nodes, GPUs, placement and DeepSpeed."
+    )
+    output: OutputLocation = Field(description="Where artifacts and checkpoints go.")
+    registration: Registration | None = Field(
+        default=None, description="On success, register the result as a ModelVersion."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="true stops the trainer pods and keeps checkpoints; false again resumes "
+        "from the latest checkpoint.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when training runs longer than this."
+    )
+    backoff_limit: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Restarts after a failure; each resumes from the latest checkpoint.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Trainer image override (default: the operator's configured trainer image).",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        check_combination(self.method, self.output, self.resources.deepspeed, self.resources.nodes)
+        if self.early_stopping is not None and "loss" not in self.evaluation.metrics:
+            raise ValueError(
+                "earlyStopping monitors eval_loss: add loss to evaluation.metrics "
+                "or remove earlyStopping"
+            )
+        return self
+
+
+FineTuneJobPhase = Literal["Pending", "Validating", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class FineTuneJobStatus(StatusBase):
+    """Observed state of a FineTuneJob."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: FineTuneJobPhase | None = Field(default=None, description="Lifecycle phase.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    data_report: DataReport | None = Field(
+        default=None, description="What data preparation kept, dropped and redacted."
+    )
+    hyperparameters: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hyperparameters actually used, including the ones chosen automatically.",
+    )
+    checkpoints: list[CheckpointInfo] = Field(
+        default_factory=list, description="Complete checkpoints, newest last."
+    )
+    metrics: MetricValues | None = Field(default=None, description="Final evaluation metrics.")
+    artifact_uri: str | None = Field(default=None, description="Location of the final artifact.")
+    artifact_digest: str | None = Field(
+        default=None, description="sha256 digest of the artifact manifest."
+    )
+    model_version: str | None = Field(
+        default=None, description="The ModelVersion registered from this job."
+    )
+    restarts: int = Field(default=0, ge=0, description="Trainer restarts so far.")
+    start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
+    completion_time: str | None = Field(
+        default=None, description="When the job finished (RFC 3339)."
+    )
+
+
+class FineTuneJob(CamelModel):
+    """A fine-tune of a base model on a dataset, run as trainer pods."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus = Field(default_factory=FineTuneJobStatus)
+
+
+FINETUNEJOB = KindInfo(
+    kind="FineTuneJob",
+    plural="finetunejobs",
+    singular="finetunejob",
+    short_names=["ftj"],
+    description="FineTuneJob fine-tunes a base model on a dataset with LoRA, QLoRA or a full "
+    "fine-tune, on GPU nodes with DeepSpeed, and registers the result as a ModelVersion.",
+    columns=[
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent"},
+        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
+        {"name": "ModelVersion", "type": "string", "jsonPath": ".status.modelVersion"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+)

@@ -1,0 +1,298 @@
+"""Rollout: a KServe canary of a ModelVersion, step by step, analysed on Prometheus metrics."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from whetstone_trainer.config import CamelModel
+
+from whetstone_operator.api.common import (
+    DNS_SUBDOMAIN,
+    DURATION,
+    KindInfo,
+    StatusBase,
+    parse_duration,
+)
+
+
+class PauseStep(CamelModel):
+    """Hold the current weight."""
+
+    duration: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        max_length=64,
+        description="How long to hold (e.g. 10m); omitted = wait for a manual promote.",
+    )
+
+
+class AnalysisStep(CamelModel):
+    """Hold until the analysis has passed this many consecutive intervals."""
+
+    successes: int = Field(
+        default=1, ge=1, le=1000, description="Consecutive passing analysis rounds needed."
+    )
+
+
+class CanaryStep(CamelModel):
+    """One step of the plan: exactly one of setWeight, pause or analysis."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + "
+                    "(has(self.analysis) ? 1 : 0) == 1",
+                    "message": "a canary step has exactly one of setWeight, pause, analysis",
+                }
+            ]
+        }
+    )
+
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Send this percentage of traffic to the canary."
+    )
+    pause: PauseStep | None = Field(default=None, description="Hold the current weight.")
+    analysis: AnalysisStep | None = Field(
+        default=None, description="Hold until the background analysis has passed."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CanaryStep:
+        count = sum(x is not None for x in (self.set_weight, self.pause, self.analysis))
+        if count != 1:
+            raise ValueError(
+                f"a canary step has exactly one of setWeight, pause, analysis (found {count})"
+            )
+        return self
+
+
+class PrometheusQuery(CamelModel):
+    """A PromQL query returning one number."""
+
+    address: str = Field(
+        pattern=r"^https?://.+$",
+        max_length=2048,
+        description="Prometheus base URL, e.g. http://prometheus.monitoring:9090.",
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="PromQL returning a single value. {{canary}}, {{stable}}, {{namespace}} and "
+        "{{inferenceService}} are replaced before the query runs.",
+    )
+    timeout: str = Field(
+        default="10s", pattern=DURATION, max_length=64, description="Query timeout."
+    )
+
+
+class ThresholdRange(CamelModel):
+    """Acceptable range of a metric; a value outside fails the round."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.min) || has(self.max)",
+                    "message": "thresholdRange needs min, max or both",
+                }
+            ]
+        }
+    )
+
+    min: float | None = Field(default=None, description="Lowest acceptable value.")
+    max: float | None = Field(default=None, description="Highest acceptable value.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ThresholdRange:
+        if self.min is None and self.max is None:
+            raise ValueError("thresholdRange needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"thresholdRange.min {self.min} is above thresholdRange.max {self.max}"
+            )
+        return self
+
+
+class AnalysisMetric(CamelModel):
+    """One metric checked every interval."""
+
+    name: str = Field(
+        min_length=1, max_length=128, pattern=DNS_SUBDOMAIN, description="Name of the metric."
+    )
+    prometheus: PrometheusQuery = Field(description="Where and how to query it.")
+    threshold_range: ThresholdRange = Field(description="Acceptable range.")
+    no_data: Literal["fail", "pass", "inconclusive"] = Field(
+        default="inconclusive",
+        description="What an empty query result counts as: fail, pass or inconclusive.",
+    )
+
+
+class Analysis(CamelModel):
+    """Background analysis, from the first step until the end."""
+
+    interval: str = Field(
+        default="1m", pattern=DURATION, max_length=64, description="Time between rounds."
+    )
+    failure_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Failed rounds tolerated; one more aborts the rollout.",
+    )
+    metrics: list[AnalysisMetric] = Field(
+        min_length=1, max_length=32, description="Metrics checked each round."
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _positive_interval(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError("analysis.interval must be at least 1s")
+        return v
+
+
+class CanaryStrategy(CamelModel):
+    """Steps from the first canary weight to 100%."""
+
+    steps: list[CanaryStep] = Field(
+        min_length=1, max_length=100, description="The plan; weights never decrease, end at 100."
+    )
+    analysis: Analysis | None = Field(
+        default=None, description="Background analysis; a failure aborts and rolls back."
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> CanaryStrategy:
+        weights = [(i, s.set_weight) for i, s in enumerate(self.steps) if s.set_weight is not None]
+        if not weights:
+            raise ValueError(
+                "strategy.canary.steps has no setWeight: end the plan with setWeight: 100"
+            )
+        for (_, prev), (i, cur) in itertools.pairwise(weights):
+            if cur is not None and prev is not None and cur < prev:
+                raise ValueError(
+                    f"strategy.canary.steps[{i}].setWeight {cur} is below the earlier {prev}: "
+                    "weights never decrease"
+                )
+        if weights[-1][1] != 100:
+            raise ValueError(
+                f"strategy.canary.steps: the last setWeight is {weights[-1][1]}, "
+                "it must be 100 (add setWeight: 100 at the end)"
+            )
+        if any(s.analysis is not None for s in self.steps) and self.analysis is None:
+            raise ValueError(
+                "strategy.canary.steps has an analysis step but strategy.canary.analysis is "
+                "not set: add analysis metrics"
+            )
+        return self
+
+
+class Strategy(CamelModel):
+    """How traffic moves to the candidate."""
+
+    canary: CanaryStrategy = Field(description="Canary plan.")
+
+
+class InferenceServiceRef(CamelModel):
+    """The KServe InferenceService to drive."""
+
+    name: str = Field(
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="InferenceService (serving.kserve.io/v1beta1) in this namespace.",
+    )
+
+
+class RolloutSpec(CamelModel):
+    """Roll a ModelVersion out on a KServe InferenceService."""
+
+    model_version: str = Field(
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The candidate ModelVersion; it must be Approved.",
+    )
+    inference_service: InferenceServiceRef = Field(description="InferenceService to drive.")
+    strategy: Strategy = Field(description="The canary plan.")
+    progress_deadline_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="Abort when a step makes no progress (e.g. canary not ready) for this long.",
+    )
+
+
+RolloutPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "Aborted", "Failed"]
+
+
+class AnalysisResult(CamelModel):
+    """One metric's latest result."""
+
+    metric: str = Field(description="Metric name.")
+    value: float | None = Field(default=None, description="Measured value (absent: no data).")
+    passed: bool | None = Field(default=None, description="true, false, or absent: inconclusive.")
+    time: str | None = Field(default=None, description="When it was measured (RFC 3339).")
+    message: str = Field(default="", description="Detail, e.g. the query error.")
+
+
+class AnalysisStatus(CamelModel):
+    """Running totals of the background analysis."""
+
+    successes: int = Field(default=0, ge=0, description="Passed rounds.")
+    failures: int = Field(default=0, ge=0, description="Failed rounds.")
+    consecutive_successes: int = Field(default=0, ge=0, description="Passed rounds in a row.")
+    last_run_time: str | None = Field(default=None, description="When the last round ran.")
+    last_results: list[AnalysisResult] = Field(
+        default_factory=list, description="Results of the last round."
+    )
+
+
+class RolloutStatus(StatusBase):
+    """Observed state of a Rollout."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: RolloutPhase | None = Field(default=None, description="Lifecycle phase.")
+    current_step_index: int | None = Field(
+        default=None, ge=0, description="Index of the step being executed."
+    )
+    canary_weight: int = Field(default=0, ge=0, le=100, description="Traffic to the canary (%).")
+    stable_model_version: str | None = Field(
+        default=None, description="ModelVersion serving the rest of the traffic."
+    )
+    canary_model_version: str | None = Field(
+        default=None, description="ModelVersion being rolled out."
+    )
+    step_start_time: str | None = Field(
+        default=None, description="When the current step's clock started (RFC 3339)."
+    )
+    analysis: AnalysisStatus | None = Field(default=None, description="Analysis totals.")
+    abort_reason: str | None = Field(default=None, description="Why the rollout was aborted.")
+
+
+class Rollout(CamelModel):
+    """A canary rollout."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    spec: RolloutSpec
+    status: RolloutStatus = Field(default_factory=RolloutStatus)
+
+
+ROLLOUT = KindInfo(
+    kind="Rollout",
+    plural="rollouts",
+    singular="rollout",
+    short_names=["mro"],
+    description="Rollout moves a KServe InferenceService to an approved ModelVersion as a "
+    "canary (e.g. 5% -> 100%), analysed on Prometheus metrics and rolled back on failure.",
+    columns=[
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Step", "type": "integer", "jsonPath": ".status.currentStepIndex"},
+        {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
+        {"name": "Stable", "type": "string", "jsonPath": ".status.stableModelVersion"},
+        {"name": "Canary", "type": "string", "jsonPath": ".status.canaryModelVersion"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+)

@@ -1,0 +1,1 @@
+"""Pure reconcile decisions: (object, observed children, now) -> (actions, status)."""

@@ -1,0 +1,76 @@
+"""Spec validation as a reconcile decision: the Valid condition and an Event naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from whetstone_operator.api import KINDS
+from whetstone_operator.api.common import Condition, get_condition, set_condition
+from whetstone_operator.api.errors import SpecError, parse_spec
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An Event to emit on the object."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ValidityOutcome:
+    """Result of validating a spec."""
+
+    valid: bool
+    spec: BaseModel | None
+    status_patch: dict[str, Any] = field(default_factory=dict)
+    event: EventSpec | None = None
+
+
+def spec_model(kind: str) -> type[BaseModel]:
+    """The spec model of `kind`."""
+    _, model = KINDS[kind]
+    annotation = model.model_fields["spec"].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation
+
+
+def decide_validity(
+    kind: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    generation: int | None,
+    now: datetime,
+) -> ValidityOutcome:
+    """Validate `spec`; set the Valid condition; emit an Event only when validity changes."""
+    conditions = [Condition.model_validate(c) for c in status.get("conditions", [])]
+    previous = get_condition(conditions, "Valid")
+    try:
+        parsed = parse_spec(spec_model(kind), spec)
+    except SpecError as exc:
+        message = "; ".join(exc.messages)
+        new = set_condition(conditions, "Valid", "False", "InvalidSpec", message, now, generation)
+        changed = previous is None or previous.status != "False" or previous.message != message
+        return ValidityOutcome(
+            valid=False,
+            spec=None,
+            status_patch={
+                "conditions": [c.wire() for c in new],
+                "observedGeneration": generation,
+                "message": f"invalid spec: {message}",
+            },
+            event=EventSpec("Warning", "InvalidSpec", message) if changed else None,
+        )
+    new = set_condition(conditions, "Valid", "True", "SpecValid", "spec is valid", now, generation)
+    changed = previous is None or previous.status != "True"
+    return ValidityOutcome(
+        valid=True,
+        spec=parsed,
+        status_patch={"conditions": [c.wire() for c in new], "observedGeneration": generation},
+        event=EventSpec("Normal", "SpecValid", "spec is valid") if changed and previous else None,
+    )

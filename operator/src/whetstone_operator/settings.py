@@ -1,0 +1,51 @@
+"""Operator options and kopf settings (storage of kopf's own bookkeeping, timeouts, logging)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """How this operator process runs."""
+
+    namespaces: tuple[str, ...] = ()
+    peering: str = ""
+    liveness: str = ""
+    metrics_port: int = 0
+    trainer_image: str = "ghcr.io/whetstone/trainer:0.1.0"
+    log_format: str = "plain"
+    verbose: bool = False
+
+
+OPTIONS = OperatorOptions()
+
+
+def configure(options: OperatorOptions) -> None:
+    """Remember the options for the startup handler, which applies them to kopf."""
+    global OPTIONS
+    OPTIONS = options
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's bookkeeping goes to annotations under our own prefix; status stays ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="whetstone.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="whetstone.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "whetstone.dev/finalizer"
+    settings.posting.level = 20
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.execution.max_workers = 20
+    if OPTIONS.log_format == "json":
+        settings.posting.enabled = True
+    if OPTIONS.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(OPTIONS.metrics_port)

@@ -1,0 +1,19 @@
+"""Shared test settings: the repository root, and tier markers applied by folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_TIER_BY_FOLDER = {"unit": "unit", "integration": "integration", "trainer": "trainer", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts
+        tier = _TIER_BY_FOLDER.get(parts[0]) if parts else None
+        if tier and not any(m.name == tier for m in item.iter_markers()):
+            item.add_marker(getattr(pytest.mark, tier))

@@ -1,0 +1,112 @@
+"""What the trainer hands back: progress while it runs, the data report and the final result.
+
+The operator reads Progress from the trainer's progress endpoint and TrainerResult from the
+container's termination message (kept under 4 KB). No torch import here: the operator uses
+these models too.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from whetstone_trainer.config import CamelModel
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+# Exit codes the operator tells apart.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID_DATA = 3
+EXIT_PREEMPTED = 143  # SIGTERM: a checkpoint was saved, the run can resume
+
+
+class DataReport(CamelModel):
+    """What data preparation kept, dropped and redacted."""
+
+    model_config = CamelModel.model_config | {"extra": "ignore"}
+
+    examples: int = Field(default=0, ge=0, description="Examples kept for training.")
+    validation_examples: int = Field(default=0, ge=0, description="Examples kept for validation.")
+    test_examples: int = Field(default=0, ge=0, description="Examples kept for testing.")
+    dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Examples dropped, by reason (duplicate, invalid, tooLong, notSelected).",
+    )
+    redacted: dict[str, int] = Field(
+        default_factory=dict, description="Redactions made, by kind (email, phone, secret)."
+    )
+    invalid_lines: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="First invalid lines as 'file:line: reason'.",
+    )
+    tokens: dict[str, float] = Field(
+        default_factory=dict,
+        description="Token statistics of the kept training examples (total, mean, p50, p95, max).",
+    )
+    padding_waste_percent: float | None = Field(
+        default=None, ge=0, le=100, description="Share of padded positions in training rows."
+    )
+    dataset_digest: str | None = Field(
+        default=None,
+        pattern=r"^sha256:[0-9a-f]{64}$",
+        description="sha256 over the prepared data (lineage).",
+    )
+
+
+class Progress(CamelModel):
+    """Training progress, served by the trainer while it runs."""
+
+    model_config = CamelModel.model_config | {"extra": "ignore"}
+
+    step: int = Field(default=0, ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, ge=0, description="Optimizer steps planned.")
+    epoch: float = Field(default=0.0, ge=0, description="Epochs done (fractional).")
+    percent: int = Field(default=0, ge=0, le=100, description="step / totalSteps, in percent.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest validation loss.")
+    tokens_per_second: float | None = Field(
+        default=None, ge=0, description="Training throughput in tokens per second."
+    )
+    eta: str | None = Field(default=None, description="Estimated completion time (RFC 3339, UTC).")
+
+
+class CheckpointInfo(CamelModel):
+    """A complete checkpoint."""
+
+    model_config = CamelModel.model_config | {"extra": "ignore"}
+
+    step: int = Field(ge=0, description="Step at which the checkpoint was taken.")
+    uri: str = Field(max_length=2048, description="Location of the checkpoint.")
+    eval_loss: float | None = Field(default=None, description="Validation loss at that step.")
+
+
+class TrainerResult(CamelModel):
+    """The final result of a successful run (the container's termination message)."""
+
+    model_config = CamelModel.model_config | {"extra": "ignore"}
+
+    artifact_uri: str = Field(max_length=2048, description="Where the final artifact is.")
+    artifact_format: str = Field(default="merged", description="merged or adapter.")
+    manifest_digest: str = Field(
+        pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the artifact manifest."
+    )
+    metrics: dict[str, float | dict[str, float]] = Field(
+        default_factory=dict,
+        description="Final metrics (evalLoss, perplexity, exactMatch, rougeL) and baseline.",
+    )
+    data_report: DataReport = Field(default_factory=DataReport, description="The data report.")
+    hyperparameters: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, description="The hyperparameters actually used (resolved)."
+    )
+    steps: int = Field(default=0, ge=0, description="Optimizer steps done.")
+
+    def termination_message(self) -> str:
+        """JSON for the termination message, trimmed to fit the kubelet's 4 KB limit."""
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        trimmed = self.model_copy(
+            update={"data_report": self.data_report.model_copy(update={"invalid_lines": []})}
+        )
+        return trimmed.model_dump_json(by_alias=True, exclude_none=True)
