@@ -41,6 +41,12 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         default=env("WHETSTONE_TRAINER_IMAGE", "ghcr.io/whetstone/trainer:0.1.0"),
         help="default trainer image",
     )
+    parser.add_argument(
+        "--progress-port",
+        type=int,
+        default=int(env("WHETSTONE_PROGRESS_PORT", "8080")),
+        help="port of the trainers' progress endpoint",
+    )
     parser.add_argument("--log-format", default=env("WHETSTONE_LOG_FORMAT", "plain"))
     parser.add_argument("--verbose", action="store_true", default=bool(env("WHETSTONE_VERBOSE")))
     args = parser.parse_args(argv)
@@ -50,6 +56,7 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         trainer_image=args.trainer_image,
+        progress_port=args.progress_port,
         log_format=args.log_format,
         verbose=args.verbose,
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
+
+from whetstone_operator.render.workload import TrainerDefaults
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class OperatorOptions:
     liveness: str = ""
     metrics_port: int = 0
     trainer_image: str = "ghcr.io/whetstone/trainer:0.1.0"
+    progress_port: int = 8080
     log_format: str = "plain"
     verbose: bool = False
 
@@ -28,6 +33,21 @@ def configure(options: OperatorOptions) -> None:
     """Remember the options for the startup handler, which applies them to kopf."""
     global OPTIONS
     OPTIONS = options
+
+
+def trainer_defaults() -> TrainerDefaults:
+    """Trainer pod defaults: the image and progress port options, plus the JSON object in
+    WHETSTONE_TRAINER_DEFAULTS (nodeSelector, tolerations, validationCpu, validationMemory)."""
+    extra = json.loads(os.environ.get("WHETSTONE_TRAINER_DEFAULTS", "") or "{}")
+    return TrainerDefaults(
+        image=OPTIONS.trainer_image,
+        progress_port=OPTIONS.progress_port,
+        node_selector=dict(extra.get("nodeSelector", {})),
+        tolerations=list(extra.get("tolerations", [])),
+        validation_cpu=str(extra.get("validationCpu", "500m")),
+        validation_memory=str(extra.get("validationMemory", "2Gi")),
+        image_pull_policy=str(extra.get("imagePullPolicy", "IfNotPresent")),
+    )
 
 
 @kopf.on.startup()

@@ -216,6 +216,12 @@ class FineTuneJobStatus(StatusBase):
         default=None, description="The ModelVersion registered from this job."
     )
     restarts: int = Field(default=0, ge=0, description="Trainer restarts so far.")
+    attempt: int = Field(
+        default=0,
+        ge=0,
+        description="Trainer run number; each resume after a suspend starts a new run that "
+        "continues from the latest checkpoint.",
+    )
     start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
     completion_time: str | None = Field(
         default=None, description="When the job finished (RFC 3339)."

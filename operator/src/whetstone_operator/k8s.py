@@ -1,0 +1,81 @@
+"""The only module that writes to the Kubernetes API (besides kopf's own status patches).
+
+Creates are idempotent (an existing object of the same name counts as done) and deletes
+tolerate absence, so executing a decision twice is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from whetstone_operator.api import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+_CUSTOM_PLURALS = {
+    "ModelVersion": "modelversions",
+    "FineTuneJob": "finetunejobs",
+    "Rollout": "rollouts",
+}
+
+
+@cache
+def api_client() -> client.ApiClient:
+    """An API client from the in-cluster service account, else KUBECONFIG."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def create(body: dict[str, Any]) -> bool:
+    """Create `body`; False when an object of that name already exists."""
+    kind = body["kind"]
+    namespace = body["metadata"]["namespace"]
+    api = api_client()
+    try:
+        if kind == "ConfigMap":
+            client.CoreV1Api(api).create_namespaced_config_map(namespace, body)
+        elif kind == "Service":
+            client.CoreV1Api(api).create_namespaced_service(namespace, body)
+        elif kind == "Job":
+            client.BatchV1Api(api).create_namespaced_job(namespace, body)
+        elif kind in _CUSTOM_PLURALS:
+            client.CustomObjectsApi(api).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, _CUSTOM_PLURALS[kind], body
+            )
+        else:
+            raise ValueError(f"no create for kind {kind}")
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    log.info("created %s %s/%s", kind, namespace, body["metadata"]["name"])
+    return True
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+    """Delete an object with background propagation; False when it was already gone."""
+    api = api_client()
+    options = client.V1DeleteOptions(propagation_policy="Background")
+    try:
+        if kind == "Job":
+            client.BatchV1Api(api).delete_namespaced_job(name, namespace, body=options)
+        elif kind == "ConfigMap":
+            client.CoreV1Api(api).delete_namespaced_config_map(name, namespace, body=options)
+        elif kind == "Service":
+            client.CoreV1Api(api).delete_namespaced_service(name, namespace, body=options)
+        else:
+            raise ValueError(f"no delete for {api_version} {kind}")
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    log.info("deleted %s %s/%s", kind, namespace, name)
+    return True

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the operator: reconciles, their duration and errors, objects by phase."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECONCILES = Counter("whetstone_reconcile", "Reconciles run, by kind.", ["kind"])
+ERRORS = Counter("whetstone_reconcile_errors", "Reconciles that raised, by kind.", ["kind"])
+DURATION = Histogram(
+    "whetstone_reconcile_duration_seconds", "Time spent in one reconcile, by kind.", ["kind"]
+)
+
+# kind -> (namespace, name) -> phase; fed by the handlers, read at scrape time.
+_PHASES: dict[str, dict[tuple[str, str], str]] = {
+    "FineTuneJob": {},
+    "ModelVersion": {},
+    "Rollout": {},
+}
+_GAUGES = {
+    "FineTuneJob": "whetstone_finetunejobs",
+    "ModelVersion": "whetstone_modelversions",
+    "Rollout": "whetstone_rollouts",
+}
+
+
+def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
+    """Remember the phase of an object (None forgets it, e.g. on deletion)."""
+    if phase is None:
+        _PHASES[kind].pop((namespace, name), None)
+    else:
+        _PHASES[kind][(namespace, name)] = phase
+
+
+class _PhaseCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for kind, metric in _GAUGES.items():
+            family = GaugeMetricFamily(metric, f"{kind} objects by phase.", labels=["phase"])
+            counts: dict[str, int] = {}
+            for phase in _PHASES[kind].values():
+                counts[phase] = counts.get(phase, 0) + 1
+            for phase, count in sorted(counts.items()):
+                family.add_metric([phase], count)
+            yield family
+
+
+REGISTRY.register(_PhaseCollector())

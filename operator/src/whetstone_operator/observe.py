@@ -1,0 +1,124 @@
+"""Turn what the operator watches (kopf indexes of Jobs, Pods, ModelVersions) into the views
+the pure decisions take, and read a trainer's progress endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from whetstone_trainer.result import Progress
+
+from whetstone_operator.reconcile.finetunejob import JobView, PodView, VersionView
+from whetstone_operator.render.workload import COMPLETION_INDEX_ANNOTATION
+
+log = logging.getLogger(__name__)
+
+
+def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod the decisions read (kept small: it lives in an index)."""
+    meta = body.get("metadata", {})
+    status = body.get("status", {}) or {}
+    summary: dict[str, Any] = {
+        "name": meta.get("name"),
+        "phase": status.get("phase", "Pending"),
+        "ip": status.get("podIP"),
+        "index": int(meta.get("annotations", {}).get(COMPLETION_INDEX_ANNOTATION, 0) or 0),
+        "created": meta.get("creationTimestamp", ""),
+    }
+    for cs in status.get("containerStatuses", []) or []:
+        state = cs.get("state", {}) or {}
+        if state.get("terminated"):
+            term = state["terminated"]
+            summary |= {
+                "exit_code": term.get("exitCode"),
+                "reason": term.get("reason"),
+                "message": term.get("message"),
+            }
+        elif (state.get("waiting") or {}).get("reason"):
+            summary |= {
+                "reason": state["waiting"]["reason"],
+                "message": state["waiting"].get("message"),
+            }
+    return summary
+
+
+def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Job the decisions read."""
+    status = body.get("status", {}) or {}
+    summary: dict[str, Any] = {
+        "name": body.get("metadata", {}).get("name"),
+        "active": status.get("active", 0) or 0,
+        "succeeded": status.get("succeeded", 0) or 0,
+        "failed": status.get("failed", 0) or 0,
+        "complete": False,
+    }
+    for cond in status.get("conditions", []) or []:
+        if cond.get("status") != "True":
+            continue
+        if cond.get("type") == "Complete":
+            summary["complete"] = True
+        elif cond.get("type") == "Failed":
+            summary["failed_reason"] = cond.get("reason") or "Failed"
+            summary["failed_message"] = cond.get("message")
+    return summary
+
+
+def job_view(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]) -> JobView | None:
+    """JobView from summaries; pods newest last."""
+    if job is None:
+        return None
+    views = tuple(
+        PodView(
+            name=p["name"],
+            phase=p["phase"],
+            ip=p.get("ip"),
+            index=p.get("index", 0),
+            exit_code=p.get("exit_code"),
+            reason=p.get("reason"),
+            message=p.get("message"),
+        )
+        for p in sorted(pods, key=lambda p: (p.get("created", ""), p["name"]))
+    )
+    return JobView(
+        name=job["name"],
+        active=job["active"],
+        succeeded=job["succeeded"],
+        failed=job["failed"],
+        complete=job["complete"],
+        failed_reason=job.get("failed_reason"),
+        failed_message=job.get("failed_message"),
+        pods=views,
+    )
+
+
+def version_views(entries: Iterable[Mapping[str, Any]]) -> tuple[VersionView, ...]:
+    return tuple(
+        VersionView(
+            name=e["name"],
+            model=e["model"],
+            version=e["version"],
+            fine_tune_job=e.get("fine_tune_job"),
+        )
+        for e in entries
+    )
+
+
+def fetch_progress(job: JobView | None, port: int, timeout: float = 2.0) -> Progress | None:
+    """GET the rank-0 trainer's progress endpoint; None when unreachable or unreadable."""
+    if job is None or job.complete or job.failed_reason:
+        return None
+    running = [p for p in job.pods if p.phase == "Running" and p.ip]
+    if not running:
+        return None
+    pod = min(running, key=lambda p: p.index)
+    url = f"http://{pod.ip}:{port}/progress"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return Progress.model_validate(json.loads(response.read()))
+    except (OSError, ValueError, ValidationError) as exc:
+        log.debug("progress of %s unavailable: %s", pod.name, exc)
+        return None

@@ -1,0 +1,508 @@
+"""FineTuneJob decisions: (object, observed children, now) -> (actions, status patch, events).
+
+Pure: no I/O, `now` is a parameter. The handler observes, calls `decide_finetunejob`, executes
+the actions (idempotent creates and deletes of deterministically named children), then writes
+the status patch. Because every step is recomputed from status and the observed children, a
+restarted operator continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from whetstone_trainer.result import EXIT_INVALID_DATA, DataReport, Progress, TrainerResult
+
+from whetstone_operator.api import API_VERSION
+from whetstone_operator.api.common import (
+    Condition,
+    ConditionStatus,
+    format_time,
+    get_condition,
+    set_condition,
+)
+from whetstone_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from whetstone_operator.api.modelversion import KNOWN_METRICS, MetricValues
+from whetstone_operator.reconcile.validation import EventSpec, decide_validity
+from whetstone_operator.render.trainer_config import build_trainer_config
+from whetstone_operator.render.workload import (
+    LABEL_JOB,
+    Owner,
+    TrainerDefaults,
+    build_config_map,
+    build_rendezvous_service,
+    build_trainer_job,
+    build_validation_job,
+    trainer_job_name,
+)
+
+TERMINAL = ("Succeeded", "Failed")
+WAITING_PROBLEMS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+)
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the decision needs to know about one pod."""
+
+    name: str
+    phase: str
+    ip: str | None = None
+    index: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the decision needs to know about one Job."""
+
+    name: str
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str | None = None
+    pods: tuple[PodView, ...] = ()
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """An existing ModelVersion of the same namespace."""
+
+    name: str
+    model: str
+    version: int
+    fine_tune_job: str | None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The children and related objects as the operator sees them now."""
+
+    validation_job: JobView | None = None
+    trainer_job: JobView | None = None
+    progress: Progress | None = None
+    model_versions: tuple[VersionView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create `body` unless an object of that name exists."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete an object (background propagation) if it exists."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+Action = Create | Delete
+
+
+@dataclass
+class Decision:
+    """Actions to execute, then the status patch to write and the Events to emit."""
+
+    actions: list[Action] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[EventSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobObject:
+    """The FineTuneJob itself."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int | None
+    spec: dict[str, Any]
+    status: dict[str, Any]
+
+
+def _status(raw: dict[str, Any]) -> FineTuneJobStatus:
+    try:
+        return FineTuneJobStatus.model_validate(raw)
+    except ValidationError:
+        # A hand-edited or older status must not wedge the reconcile: keep what parses.
+        keep = {k: v for k, v in raw.items() if k in ("phase", "attempt", "modelVersion")}
+        return FineTuneJobStatus.model_validate(keep)
+
+
+def _parse_json(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    # FallbackToLogsOnError may put log lines before the JSON: take the last JSON line.
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def parse_data_report(text: str | None) -> DataReport | None:
+    """The validation pod's termination message: a DataReport (bare or under dataReport)."""
+    raw = _parse_json(text)
+    if raw is None:
+        return None
+    raw = raw.get("dataReport", raw)
+    try:
+        return DataReport.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def parse_result(text: str | None) -> TrainerResult | None:
+    """The trainer's termination message: a TrainerResult."""
+    raw = _parse_json(text)
+    if raw is None:
+        return None
+    try:
+        return TrainerResult.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def _rank0(job: JobView) -> PodView | None:
+    pods = sorted(job.pods, key=lambda p: (p.index, p.phase != "Succeeded", p.name))
+    return pods[0] if pods else None
+
+
+def _failure_detail(job: JobView) -> tuple[str, str]:
+    """A reason and message for a failed Job: the pod's reason beats the Job's."""
+    pod_reasons = [p for p in job.pods if p.phase == "Failed"]
+    reason = job.failed_reason or "TrainerFailed"
+    parts = []
+    if job.failed_message:
+        parts.append(job.failed_message)
+    for pod in pod_reasons[-1:]:
+        if pod.reason == "OOMKilled":
+            reason = "OOMKilled"
+        detail = pod.message.strip().splitlines()[-1] if pod.message else ""
+        parts.append(
+            f"pod {pod.name}: {pod.reason or 'Error'} (exit code {pod.exit_code})"
+            + (f": {detail[:500]}" if detail else "")
+        )
+    return reason, "; ".join(parts) or "the trainer Job failed"
+
+
+def base_model_slug(uri: str) -> str:
+    """`hf://meta-llama/Llama-3.2-1B-Instruct` -> `llama-3-2-1b-instruct` (a DNS label part)."""
+    tail = uri.rstrip("/").rsplit("/", 1)[-1] or "model"
+    slug = re.sub(r"[^a-z0-9]+", "-", tail.lower()).strip("-")
+    return slug[:40].strip("-") or "model"
+
+
+def model_version_name(model: str, base_uri: str, version: int, now: datetime) -> str:
+    """`<model>-<base>-v<version>-<yyyymmdd>`."""
+    return f"{model}-{base_model_slug(base_uri)}-v{version}-{now.strftime('%Y%m%d')}"
+
+
+def metric_values(raw: dict[str, Any]) -> MetricValues:
+    """The trainer's metrics dict -> MetricValues (unknown names go to custom)."""
+
+    def split(src: dict[str, Any]) -> dict[str, Any]:
+        known = {k: float(v) for k, v in src.items() if k in KNOWN_METRICS}
+        custom = {
+            k: float(v)
+            for k, v in src.items()
+            if k not in KNOWN_METRICS and k != "baseline" and isinstance(v, int | float)
+        }
+        return {**known, "custom": custom}
+
+    values = split(raw)
+    baseline = raw.get("baseline")
+    if isinstance(baseline, dict):
+        values["baseline"] = split(baseline)
+    return MetricValues.model_validate(values)
+
+
+def build_model_version(
+    job: JobObject,
+    spec: FineTuneJobSpec,
+    result: TrainerResult,
+    existing: tuple[VersionView, ...],
+    trainer_image: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ModelVersion registered from a successful FineTuneJob (next free version)."""
+    assert spec.registration is not None
+    model = spec.registration.model
+    version = 1 + max((v.version for v in existing if v.model == model), default=0)
+    name = model_version_name(model, spec.base_model.uri, version, now)
+    mv_spec: dict[str, Any] = {
+        "model": model,
+        "version": version,
+        "artifact": {
+            "uri": result.artifact_uri,
+            "format": result.artifact_format,
+            "digest": result.manifest_digest,
+        },
+        "baseModel": {"uri": spec.base_model.uri},
+        "source": {"fineTuneJob": job.name, "trainerImage": trainer_image},
+        "metrics": metric_values(result.metrics).wire(),
+        "gates": [g.wire() for g in spec.registration.gates],
+        "approval": {"required": spec.registration.approval_required},
+    }
+    if result.data_report.dataset_digest:
+        mv_spec["source"]["datasetDigest"] = result.data_report.dataset_digest
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": {
+                LABEL_JOB: job.name,
+                "whetstone.dev/model": model,
+                "app.kubernetes.io/part-of": "whetstone",
+                "app.kubernetes.io/managed-by": "whetstone",
+            },
+        },
+        "spec": mv_spec,
+    }
+
+
+class _Builder:
+    """Accumulates a Decision while tracking the status being built."""
+
+    def __init__(self, job: JobObject, status: FineTuneJobStatus, now: datetime) -> None:
+        self.job = job
+        self.before = status
+        self.status = status.model_copy(deep=True)
+        self.now = now
+        self.decision = Decision()
+
+    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        value: ConditionStatus = "Unknown" if ok is None else ("True" if ok else "False")
+        self.status.conditions = set_condition(
+            self.status.conditions, type_, value, reason, message, self.now, self.job.generation
+        )
+
+    def phase(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
+        if self.status.phase != phase:
+            self.decision.events.append(
+                EventSpec("Warning" if warning else "Normal", reason, message)
+            )
+        self.status.phase = phase  # type: ignore[assignment]
+        self.status.message = message
+
+    def finish(self) -> Decision:
+        self.status.observed_generation = self.job.generation
+        after = self.status.wire()
+        before = self.before.wire()
+        patch = {k: v for k, v in after.items() if before.get(k) != v}
+        for key in before.keys() - after.keys():
+            patch[key] = None
+        self.decision.status = patch
+        return self.decision
+
+
+def decide_finetunejob(
+    job: JobObject, observed: Observed, now: datetime, defaults: TrainerDefaults
+) -> Decision:
+    """The next actions and status of a FineTuneJob."""
+    status = _status(job.status)
+    b = _Builder(job, status, now)
+    if b.status.phase in TERMINAL:
+        return b.finish() if b.before.observed_generation != job.generation else Decision()
+
+    validity = decide_validity("FineTuneJob", job.spec, job.status, job.generation, now)
+    b.status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
+    if validity.event is not None:
+        b.decision.events.append(validity.event)
+    if not validity.valid:
+        b.status.phase = b.status.phase or "Pending"
+        b.status.message = validity.status_patch["message"]
+        return b.finish()
+    spec = validity.spec
+    assert isinstance(spec, FineTuneJobSpec)
+    owner = Owner(job.name, job.namespace, job.uid)
+    if b.status.phase is None:
+        b.phase("Pending", "Accepted", "spec is valid; validating data")
+
+    if not _decide_data(b, spec, owner, observed, defaults):
+        return b.finish()
+    _decide_training(b, spec, owner, observed, defaults)
+    return b.finish()
+
+
+def _decide_data(
+    b: _Builder, spec: FineTuneJobSpec, owner: Owner, observed: Observed, defaults: TrainerDefaults
+) -> bool:
+    """Run the CPU validation pod; True once the data is known good."""
+    validated = get_condition(b.status.conditions, "DataValidated")
+    if validated is not None and validated.status == "True":
+        return True
+    vjob = observed.validation_job
+    if vjob is None:
+        config = build_trainer_config(
+            owner.name, owner.namespace, spec, progress_port=defaults.progress_port
+        )
+        b.decision.actions += [
+            Create(build_config_map(owner, config)),
+            Create(build_validation_job(owner, spec, defaults)),
+        ]
+        b.condition("DataValidated", None, "Validating", "the validation pod checks the data")
+        b.phase("Validating", "ValidationStarted", "validating data on a CPU pod")
+        return False
+    pod = _rank0(vjob)
+    report = parse_data_report(pod.message if pod else None)
+    if vjob.complete:
+        if report is not None:
+            b.status.data_report = report
+        b.condition("DataValidated", True, "DataValid", _report_summary(report))
+        return True
+    if vjob.failed_reason is not None or (pod is not None and pod.phase == "Failed"):
+        if report is not None:
+            b.status.data_report = report
+        invalid = pod is not None and pod.exit_code == EXIT_INVALID_DATA
+        reason = "DataInvalid" if invalid else "ValidationFailed"
+        detail = _report_problems(report) if report else _failure_detail(vjob)[1]
+        message = f"data validation failed: {detail}"
+        b.condition("DataValidated", False, reason, message)
+        b.status.completion_time = format_time(b.now)
+        b.phase("Failed", reason, message, warning=True)
+        return False
+    waiting = _waiting_problem(vjob)
+    b.phase("Validating", "ValidationStarted", waiting or "validating data on a CPU pod")
+    return False
+
+
+def _report_summary(report: DataReport | None) -> str:
+    if report is None:
+        return "data is valid"
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(report.dropped.items()) if v)
+    return f"{report.examples} training examples" + (f" (dropped {dropped})" if dropped else "")
+
+
+def _report_problems(report: DataReport) -> str:
+    lines = "; ".join(report.invalid_lines[:5])
+    return lines or _report_summary(report)
+
+
+def _waiting_problem(job: JobView) -> str | None:
+    for pod in job.pods:
+        if pod.phase == "Pending" and pod.reason in WAITING_PROBLEMS:
+            return f"pod {pod.name} is waiting: {pod.reason}" + (
+                f": {pod.message}" if pod.message else ""
+            )
+    return None
+
+
+def _decide_training(
+    b: _Builder, spec: FineTuneJobSpec, owner: Owner, observed: Observed, defaults: TrainerDefaults
+) -> None:
+    attempt = max(b.status.attempt, 1)
+    tjob = observed.trainer_job
+    if spec.suspend:
+        if tjob is not None:
+            b.decision.actions.append(
+                Delete("batch/v1", "Job", trainer_job_name(owner.name, attempt))
+            )
+        b.phase("Suspended", "Suspended", "suspended: trainer pods stopped, checkpoints kept")
+        b.condition("Training", False, "Suspended", "suspended by spec.suspend")
+        return
+    if b.status.phase == "Suspended":
+        # A resume starts a new run; the trainer picks up the latest complete checkpoint.
+        attempt = b.status.attempt + 1
+        tjob = None
+    if tjob is None:
+        config = build_trainer_config(
+            owner.name, owner.namespace, spec, progress_port=defaults.progress_port
+        )
+        b.decision.actions.append(Create(build_config_map(owner, config)))
+        if spec.resources.nodes > 1:
+            b.decision.actions.append(Create(build_rendezvous_service(owner)))
+        b.decision.actions.append(Create(build_trainer_job(owner, spec, defaults, attempt)))
+        b.status.attempt = attempt
+        b.status.start_time = b.status.start_time or format_time(b.now)
+        b.condition("Training", True, "TrainerStarted", f"trainer run {attempt} started")
+        b.phase(
+            "Running", "TrainingStarted", f"trainer Job {trainer_job_name(owner.name, attempt)}"
+        )
+        return
+    b.status.attempt = attempt
+    b.status.restarts = tjob.failed
+    if tjob.complete:
+        _decide_success(b, spec, tjob, observed, defaults)
+        return
+    if tjob.failed_reason is not None:
+        reason, message = _failure_detail(tjob)
+        b.status.completion_time = format_time(b.now)
+        b.condition("Training", False, reason, message)
+        b.phase("Failed", reason, f"training failed: {message}", warning=True)
+        return
+    if observed.progress is not None:
+        b.status.progress = observed.progress
+    message = _waiting_problem(tjob) or _running_message(b.status.progress, tjob)
+    b.phase("Running", "TrainingStarted", message)
+
+
+def _running_message(progress: Progress | None, job: JobView) -> str:
+    restarts = f", {job.failed} restart(s)" if job.failed else ""
+    if progress is None or not progress.total_steps:
+        return f"training{restarts}"
+    return f"step {progress.step}/{progress.total_steps}{restarts}"
+
+
+def _decide_success(
+    b: _Builder, spec: FineTuneJobSpec, tjob: JobView, observed: Observed, defaults: TrainerDefaults
+) -> None:
+    pod = _rank0(tjob)
+    result = parse_result(pod.message if pod else None)
+    if result is None:
+        message = "the trainer finished without a readable result (termination message)"
+        b.status.completion_time = format_time(b.now)
+        b.condition("Training", False, "ResultMissing", message)
+        b.phase("Failed", "ResultMissing", message, warning=True)
+        return
+    b.status.artifact_uri = result.artifact_uri
+    b.status.artifact_digest = result.manifest_digest
+    b.status.metrics = metric_values(result.metrics)
+    if result.data_report.examples or b.status.data_report is None:
+        b.status.data_report = result.data_report
+    b.status.hyperparameters = {k: str(v) for k, v in result.hyperparameters.items()}
+    previous = b.status.progress or Progress()
+    b.status.progress = previous.model_copy(
+        update={"step": result.steps or previous.step, "percent": 100, "eta": None}
+    )
+    b.condition("Training", True, "TrainerSucceeded", f"artifact {result.artifact_uri}")
+    if spec.registration is not None and b.status.model_version is None:
+        mine = [v for v in observed.model_versions if v.fine_tune_job == b.job.name]
+        if mine:
+            b.status.model_version = mine[0].name
+        else:
+            body = build_model_version(
+                b.job, spec, result, observed.model_versions, spec.image or defaults.image, b.now
+            )
+            b.decision.actions.append(Create(body))
+            b.status.model_version = body["metadata"]["name"]
+            b.decision.events.append(
+                EventSpec(
+                    "Normal", "Registered", f"registered ModelVersion {body['metadata']['name']}"
+                )
+            )
+    b.status.completion_time = b.status.completion_time or format_time(b.now)
+    b.phase("Succeeded", "Succeeded", f"artifact {result.artifact_uri} ({result.manifest_digest})")

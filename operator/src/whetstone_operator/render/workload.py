@@ -1,0 +1,363 @@
+"""Builders of a FineTuneJob's children: trainer ConfigMap, validation Job, trainer Job, Service.
+
+Names are deterministic and every child carries an owner reference to the FineTuneJob, so
+re-running a reconcile never duplicates anything and deleting the job removes its pods.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from whetstone_trainer.config import TrainerConfig
+
+from whetstone_operator.api import API_VERSION
+from whetstone_operator.api.finetunejob import FineTuneJobSpec
+
+CONFIG_KEY = "config.yaml"
+CONFIG_DIR = "/etc/whetstone"
+PVC_ROOT = "/mnt/pvc"
+RENDEZVOUS_PORT = 29500
+TERMINATION_LOG = "/dev/termination-log"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+LABEL_JOB = "whetstone.dev/finetunejob"
+LABEL_ROLE = "whetstone.dev/role"
+LABEL_ATTEMPT = "whetstone.dev/attempt"
+MANAGED_BY = "whetstone"
+USER_ID = 10001
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "FineTuneJob",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class TrainerDefaults:
+    """Operator-wide defaults for trainer pods (Helm values)."""
+
+    image: str = "ghcr.io/whetstone/trainer:0.1.0"
+    progress_port: int = 8080
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    validation_cpu: str = "500m"
+    validation_memory: str = "2Gi"
+    image_pull_policy: str = "IfNotPresent"
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-trainer-config"
+
+
+def validation_job_name(job: str) -> str:
+    return f"{job}-validate"
+
+
+def trainer_job_name(job: str, attempt: int) -> str:
+    return f"{job}-train-{attempt}"
+
+
+def rendezvous_service_name(job: str) -> str:
+    return f"{job}-ranks"
+
+
+def labels(owner: Owner, role: str, attempt: int | None = None) -> dict[str, str]:
+    """Recommended app.kubernetes.io labels plus our selectors."""
+    out = {
+        "app.kubernetes.io/name": "whetstone-trainer",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": role,
+        "app.kubernetes.io/part-of": "whetstone",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_JOB: owner.name,
+        LABEL_ROLE: role,
+    }
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out
+
+
+def _meta(owner: Owner, name: str, role: str, attempt: int | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, role, attempt),
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def build_config_map(owner: Owner, config: TrainerConfig) -> dict[str, Any]:
+    """The ConfigMap that holds the trainer configuration."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(owner, config_map_name(owner.name), "config"),
+        "data": {CONFIG_KEY: yaml.safe_dump(config.wire(), sort_keys=False)},
+    }
+
+
+def pvc_claims(spec: FineTuneJobSpec) -> list[str]:
+    """Claims named by pvc:// URIs of the spec, in first-seen order."""
+    uris = [spec.base_model.uri, spec.dataset.train.uri, spec.output.uri]
+    uris += [f.uri for f in (spec.dataset.validation, spec.dataset.test) if f is not None]
+    claims: list[str] = []
+    for uri in uris:
+        match = re.match(r"^pvc://([^/]+)", uri)
+        if match and match.group(1) not in claims:
+            claims.append(match.group(1))
+    return claims
+
+
+def _secret_env(spec: FineTuneJobSpec, *, data_only: bool) -> list[dict[str, Any]]:
+    refs = [spec.dataset.secret_ref]
+    if not data_only:
+        refs += [spec.base_model.secret_ref, spec.output.secret_ref]
+    names: list[str] = []
+    for ref in refs:
+        if ref is not None and ref.name not in names:
+            names.append(ref.name)
+    return [{"secretRef": {"name": n}} for n in names]
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": USER_ID,
+        "runAsGroup": USER_ID,
+        "fsGroup": USER_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _volumes(owner: Owner, claims: list[str], shm: str | None) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
+        {"name": "workspace", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if shm is not None:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+    volumes += [
+        {"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim}}
+        for i, claim in enumerate(claims)
+    ]
+    return volumes
+
+
+def _mounts(claims: list[str], shm: bool) -> list[dict[str, Any]]:
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "workspace", "mountPath": "/workspace"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if shm:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    mounts += [
+        {"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}"} for i, claim in enumerate(claims)
+    ]
+    return mounts
+
+
+def _base_env() -> list[dict[str, Any]]:
+    return [
+        {"name": "HOME", "value": "/workspace"},
+        {"name": "HF_HOME", "value": "/workspace/.cache/huggingface"},
+        {"name": "TORCH_EXTENSIONS_DIR", "value": "/workspace/.cache/torch_extensions"},
+        {"name": "WHETSTONE_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "WHETSTONE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def shm_size(spec: FineTuneJobSpec) -> str:
+    """/dev/shm size: NCCL and DeepSpeed need far more than the 64 MiB default."""
+    if spec.resources.shm_size:
+        return spec.resources.shm_size
+    return f"{max(spec.resources.gpus_per_node, 1) * 8}Gi"
+
+
+def build_validation_job(
+    owner: Owner, spec: FineTuneJobSpec, defaults: TrainerDefaults
+) -> dict[str, Any]:
+    """A short CPU-only Job: the trainer image in validate-only mode, no GPU requested."""
+    claims = pvc_claims(spec)
+    container = {
+        "name": "validate",
+        "image": spec.image or defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--validate-only"],
+        "env": _base_env(),
+        "envFrom": _secret_env(spec, data_only=True),
+        "resources": {
+            "requests": {"cpu": defaults.validation_cpu, "memory": defaults.validation_memory},
+            "limits": {"memory": defaults.validation_memory},
+        },
+        "volumeMounts": _mounts(claims, shm=False),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, validation_job_name(owner.name), "validator"),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 1800,
+            "template": {
+                "metadata": {"labels": labels(owner, "validator")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": _pod_security(),
+                    "containers": [container],
+                    "volumes": _volumes(owner, claims, shm=None),
+                },
+            },
+        },
+    }
+
+
+def build_trainer_job(
+    owner: Owner, spec: FineTuneJobSpec, defaults: TrainerDefaults, attempt: int
+) -> dict[str, Any]:
+    """The trainer Job: one pod per node; for nodes > 1 an Indexed Job with torchrun ranks."""
+    res = spec.resources
+    claims = pvc_claims(spec)
+    shm = shm_size(spec)
+    name = trainer_job_name(owner.name, attempt)
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.gpus_per_node:
+        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus_per_node)
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    env = [
+        *_base_env(),
+        {"name": "NNODES", "value": str(res.nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(max(res.gpus_per_node, 1))},
+        {"name": "WORLD_SIZE", "value": str(res.nodes * max(res.gpus_per_node, 1))},
+        {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "completions": res.nodes,
+        "parallelism": res.nodes,
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security(),
+        "volumes": _volumes(owner, claims, shm=shm),
+    }
+    if res.nodes > 1:
+        service = rendezvous_service_name(owner.name)
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = service
+        env += [
+            {
+                "name": "NODE_RANK",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
+                    }
+                },
+            },
+            # Indexed Job pods get the hostname <job>-<index>; rank 0 is the rendezvous host.
+            {
+                "name": "MASTER_ADDR",
+                "value": f"{name}-0.{service}.{owner.namespace}.svc",
+            },
+        ]
+    else:
+        env += [
+            {"name": "NODE_RANK", "value": "0"},
+            {"name": "MASTER_ADDR", "value": "127.0.0.1"},
+        ]
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    node_selector = {**defaults.node_selector, **res.node_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = res.tolerations or defaults.tolerations
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if res.affinity:
+        pod_spec["affinity"] = res.affinity
+    if res.priority_class_name:
+        pod_spec["priorityClassName"] = res.priority_class_name
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": spec.image or defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": env,
+        "envFrom": _secret_env(spec, data_only=False),
+        "ports": [
+            {"name": "progress", "containerPort": defaults.progress_port},
+            {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+        ],
+        "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
+        "volumeMounts": _mounts(claims, shm=True),
+        "securityContext": _container_security(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec["containers"] = [container]
+    job_spec["template"] = {
+        "metadata": {"labels": labels(owner, "trainer", attempt)},
+        "spec": pod_spec,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(owner, name, "trainer", attempt),
+        "spec": job_spec,
+    }
+
+
+def build_rendezvous_service(owner: Owner) -> dict[str, Any]:
+    """Headless Service giving Indexed Job pods stable DNS names for the rendezvous."""
+    selector = {LABEL_JOB: owner.name, LABEL_ROLE: "trainer"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, rendezvous_service_name(owner.name), "rendezvous"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],
+        },
+    }
