@@ -71,7 +71,9 @@ def test_every_property_has_a_description(path) -> None:
     missing = [
         where
         for where, node in _walk(root, "root")
-        if where != "root.metadata" and not where.endswith(("[]", "{}")) and not node.get("description")
+        if where != "root.metadata"
+        and not where.endswith(("[]", "{}"))
+        and not node.get("description")
     ]
     assert not missing, f"properties without description: {missing}"
 

@@ -24,7 +24,6 @@ def _crd_schema(kind: str) -> dict[str, Any]:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
-
 def _spec_model(kind: str):
     _, model = KINDS[kind]
     return model.model_fields["spec"].annotation

@@ -36,9 +36,9 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES = {
-    "single-node-8-gpus": dict(nodes=1, gpus=8, indexed=False),
-    "two-nodes-indexed": dict(nodes=2, gpus=4, indexed=True),
-    "cpu-only": dict(nodes=1, gpus=0, indexed=False),
+    "single-node-8-gpus": {"nodes": 1, "gpus": 8, "indexed": False},
+    "two-nodes-indexed": {"nodes": 2, "gpus": 4, "indexed": True},
+    "cpu-only": {"nodes": 1, "gpus": 0, "indexed": False},
 }
 
 
