@@ -47,6 +47,26 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         default=int(env("WHETSTONE_PROGRESS_PORT", "8080")),
         help="port of the trainers' progress endpoint",
     )
+    parser.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(env("WHETSTONE_WEBHOOK_PORT", "0")),
+        help="serve the admission webhooks (approval, spec validation) on this port; 0 = off",
+    )
+    parser.add_argument("--webhook-addr", default=env("WHETSTONE_WEBHOOK_ADDR", "0.0.0.0"))
+    parser.add_argument(
+        "--webhook-host",
+        default=env("WHETSTONE_WEBHOOK_HOST", ""),
+        help="host name or IP the API server uses to reach the webhook",
+    )
+    parser.add_argument("--webhook-cert", default=env("WHETSTONE_WEBHOOK_CERT", ""))
+    parser.add_argument("--webhook-key", default=env("WHETSTONE_WEBHOOK_KEY", ""))
+    parser.add_argument(
+        "--webhook-managed",
+        default=env("WHETSTONE_WEBHOOK_MANAGED", ""),
+        help="name of webhook configurations the operator creates and keeps current; "
+        "empty = they are installed by the chart",
+    )
     parser.add_argument("--log-format", default=env("WHETSTONE_LOG_FORMAT", "plain"))
     parser.add_argument("--verbose", action="store_true", default=bool(env("WHETSTONE_VERBOSE")))
     args = parser.parse_args(argv)
@@ -58,6 +78,12 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         trainer_image=args.trainer_image,
         progress_port=args.progress_port,
         log_format=args.log_format,
+        webhook_port=args.webhook_port,
+        webhook_addr=args.webhook_addr,
+        webhook_host=args.webhook_host,
+        webhook_cert=args.webhook_cert,
+        webhook_key=args.webhook_key,
+        webhook_managed=args.webhook_managed,
         verbose=args.verbose,
     )
 
@@ -66,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     options = _parse(argv)
     logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO)
     configure(options)
+    if options.webhook_port:
+        from whetstone_operator import webhooks  # noqa: F401  (registers admission handlers)
     kopf.run(
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,

@@ -79,3 +79,25 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
         raise
     log.info("deleted %s %s/%s", kind, namespace, name)
     return True
+
+
+def can_approve(userinfo: dict[str, Any], namespace: str, name: str) -> tuple[bool, str]:
+    """Ask the API server (SubjectAccessReview) whether the requester may `approve` this
+    ModelVersion; returns (allowed, the authorizer's reason)."""
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=userinfo.get("username"),
+            uid=userinfo.get("uid"),
+            groups=list(userinfo.get("groups") or []),
+            extra={k: list(v) for k, v in (userinfo.get("extra") or {}).items()},
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace,
+                verb="approve",
+                group=GROUP,
+                resource="modelversions",
+                name=name,
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(api_client()).create_subject_access_review(review)
+    return bool(answer.status.allowed), str(answer.status.reason or "")

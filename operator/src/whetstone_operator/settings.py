@@ -24,6 +24,12 @@ class OperatorOptions:
     progress_port: int = 8080
     log_format: str = "plain"
     verbose: bool = False
+    webhook_port: int = 0
+    webhook_addr: str = "0.0.0.0"
+    webhook_host: str = ""
+    webhook_cert: str = ""
+    webhook_key: str = ""
+    webhook_managed: str = ""
 
 
 OPTIONS = OperatorOptions()
@@ -65,6 +71,17 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 20
     if OPTIONS.log_format == "json":
         settings.posting.enabled = True
+    if OPTIONS.webhook_port:
+        settings.admission.server = kopf.WebhookServer(
+            addr=OPTIONS.webhook_addr,
+            port=OPTIONS.webhook_port,
+            host=OPTIONS.webhook_host or None,
+            certfile=OPTIONS.webhook_cert or None,
+            pkeyfile=OPTIONS.webhook_key or None,
+        )
+        if OPTIONS.webhook_managed:
+            # kopf keeps the webhook configurations current (installs without the chart's).
+            settings.admission.managed = OPTIONS.webhook_managed
     if OPTIONS.metrics_port:
         from prometheus_client import start_http_server
 

@@ -7,7 +7,13 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 from whetstone_trainer.config import CamelModel, ModelSource
 
-from whetstone_operator.api.common import DNS_LABEL, DNS_SUBDOMAIN, KindInfo, StatusBase
+from whetstone_operator.api.common import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    KindInfo,
+    SecretRef,
+    StatusBase,
+)
 
 DIGEST = r"^sha256:[0-9a-f]{64}$"
 KNOWN_METRICS = ("loss", "evalLoss", "perplexity", "exactMatch", "rougeL", "accuracy")
@@ -108,6 +114,10 @@ class ArtifactRef(CamelModel):
     )
     digest: str = Field(
         pattern=DIGEST, description="sha256 of the artifact's manifest.json; immutable."
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with credentials to read the artifact (used by the verify pod).",
     )
 
 
@@ -212,7 +222,12 @@ class ModelVersionStatus(StatusBase):
     approved_by: str | None = Field(default=None, description="Who approved the version.")
     approved_at: str | None = Field(default=None, description="When it was approved (RFC 3339).")
     deployments: list[Deployment] = Field(
-        default_factory=list, description="Rollouts serving this version."
+        default_factory=list,
+        description="Rollouts serving this version (written by the Rollout controller).",
+    )
+    superseded_by: str | None = Field(
+        default=None,
+        description="The ModelVersion that replaced this one as stable (set on promotion).",
     )
 
 

@@ -265,6 +265,8 @@ def build_model_version(
         "gates": [g.wire() for g in spec.registration.gates],
         "approval": {"required": spec.registration.approval_required},
     }
+    if spec.output.secret_ref is not None:
+        mv_spec["artifact"]["secretRef"] = {"name": spec.output.secret_ref.name}
     if result.data_report.dataset_digest:
         mv_spec["source"]["datasetDigest"] = result.data_report.dataset_digest
     return {
@@ -276,6 +278,7 @@ def build_model_version(
             "labels": {
                 LABEL_JOB: job.name,
                 "whetstone.dev/model": model,
+                "whetstone.dev/version": str(version),
                 "app.kubernetes.io/part-of": "whetstone",
                 "app.kubernetes.io/managed-by": "whetstone",
             },

@@ -6,6 +6,7 @@ re-running a reconcile never duplicates anything and deleting the job removes it
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,20 +62,31 @@ class TrainerDefaults:
     image_pull_policy: str = "IfNotPresent"
 
 
+def child_name(parent: str, suffix: str, limit: int = 63) -> str:
+    """`<parent>-<suffix>`, shortened with a hash when longer than `limit`: Job names end up
+    in pod labels, which hold at most 63 characters."""
+    name = f"{parent}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(parent.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{parent[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
 def config_map_name(job: str) -> str:
-    return f"{job}-trainer-config"
+    return child_name(job, "trainer-config", limit=253)
 
 
 def validation_job_name(job: str) -> str:
-    return f"{job}-validate"
+    return child_name(job, "validate")
 
 
 def trainer_job_name(job: str, attempt: int) -> str:
-    return f"{job}-train-{attempt}"
+    return child_name(job, f"train-{attempt}")
 
 
 def rendezvous_service_name(job: str) -> str:
-    return f"{job}-ranks"
+    return child_name(job, "ranks")
 
 
 def labels(owner: Owner, role: str, attempt: int | None = None) -> dict[str, str]:
@@ -93,7 +105,7 @@ def labels(owner: Owner, role: str, attempt: int | None = None) -> dict[str, str
     return out
 
 
-def _meta(owner: Owner, name: str, role: str, attempt: int | None = None) -> dict[str, Any]:
+def object_meta(owner: Owner, name: str, role: str, attempt: int | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": owner.namespace,
@@ -107,7 +119,7 @@ def build_config_map(owner: Owner, config: TrainerConfig) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(owner, config_map_name(owner.name), "config"),
+        "metadata": object_meta(owner, config_map_name(owner.name), "config"),
         "data": {CONFIG_KEY: yaml.safe_dump(config.wire(), sort_keys=False)},
     }
 
@@ -124,7 +136,7 @@ def pvc_claims(spec: FineTuneJobSpec) -> list[str]:
     return claims
 
 
-def _secret_env(spec: FineTuneJobSpec, *, data_only: bool) -> list[dict[str, Any]]:
+def secret_env(spec: FineTuneJobSpec, *, data_only: bool) -> list[dict[str, Any]]:
     refs = [spec.dataset.secret_ref]
     if not data_only:
         refs += [spec.base_model.secret_ref, spec.output.secret_ref]
@@ -135,7 +147,7 @@ def _secret_env(spec: FineTuneJobSpec, *, data_only: bool) -> list[dict[str, Any
     return [{"secretRef": {"name": n}} for n in names]
 
 
-def _pod_security() -> dict[str, Any]:
+def pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": USER_ID,
@@ -145,7 +157,7 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _container_security() -> dict[str, Any]:
+def container_security_context() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "privileged": False,
@@ -185,7 +197,7 @@ def _mounts(claims: list[str], shm: bool) -> list[dict[str, Any]]:
     return mounts
 
 
-def _base_env() -> list[dict[str, Any]]:
+def base_env() -> list[dict[str, Any]]:
     return [
         {"name": "HOME", "value": "/workspace"},
         {"name": "HF_HOME", "value": "/workspace/.cache/huggingface"},
@@ -213,21 +225,21 @@ def build_validation_job(
         "image": spec.image or defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}", "--validate-only"],
-        "env": _base_env(),
-        "envFrom": _secret_env(spec, data_only=True),
+        "env": base_env(),
+        "envFrom": secret_env(spec, data_only=True),
         "resources": {
             "requests": {"cpu": defaults.validation_cpu, "memory": defaults.validation_memory},
             "limits": {"memory": defaults.validation_memory},
         },
         "volumeMounts": _mounts(claims, shm=False),
-        "securityContext": _container_security(),
+        "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(owner, validation_job_name(owner.name), "validator"),
+        "metadata": object_meta(owner, validation_job_name(owner.name), "validator"),
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": 1800,
@@ -237,7 +249,7 @@ def build_validation_job(
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": _pod_security(),
+                    "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": _volumes(owner, claims, shm=None),
                 },
@@ -263,7 +275,7 @@ def build_trainer_job(
     if res.memory:
         requests["memory"] = limits["memory"] = res.memory
     env = [
-        *_base_env(),
+        *base_env(),
         {"name": "NNODES", "value": str(res.nodes)},
         {"name": "NPROC_PER_NODE", "value": str(max(res.gpus_per_node, 1))},
         {"name": "WORLD_SIZE", "value": str(res.nodes * max(res.gpus_per_node, 1))},
@@ -278,7 +290,7 @@ def build_trainer_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security(),
+        "securityContext": pod_security_context(),
         "volumes": _volumes(owner, claims, shm=shm),
     }
     if res.nodes > 1:
@@ -323,14 +335,14 @@ def build_trainer_job(
         "imagePullPolicy": defaults.image_pull_policy,
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "env": env,
-        "envFrom": _secret_env(spec, data_only=False),
+        "envFrom": secret_env(spec, data_only=False),
         "ports": [
             {"name": "progress", "containerPort": defaults.progress_port},
             {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
         ],
         "resources": {k: v for k, v in (("requests", requests), ("limits", limits)) if v},
         "volumeMounts": _mounts(claims, shm=True),
-        "securityContext": _container_security(),
+        "securityContext": container_security_context(),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -342,7 +354,7 @@ def build_trainer_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(owner, name, "trainer", attempt),
+        "metadata": object_meta(owner, name, "trainer", attempt),
         "spec": job_spec,
     }
 
@@ -353,7 +365,7 @@ def build_rendezvous_service(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(owner, rendezvous_service_name(owner.name), "rendezvous"),
+        "metadata": object_meta(owner, rendezvous_service_name(owner.name), "rendezvous"),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,

@@ -1,8 +1,7 @@
-"""Thin kopf handlers: observe (indexes, progress) -> decide (pure) -> act (k8s.py) -> status.
+"""FineTuneJob handlers: observe (indexes, progress) -> decide (pure) -> act (k8s.py) -> status.
 
-Child objects are watched through kopf indexes, so a reconcile makes no API reads; a timer
-re-runs the reconcile of every unfinished object, which makes the loop level-triggered and
-lets a restarted operator pick up exactly where status says it was.
+A timer re-runs the reconcile of every unfinished job, which makes the loop level-triggered
+and lets a restarted operator pick up exactly where status says it was.
 """
 
 from __future__ import annotations
@@ -16,13 +15,8 @@ import kopf
 
 from whetstone_operator import k8s, metrics
 from whetstone_operator.api import GROUP, VERSION
-from whetstone_operator.observe import (
-    fetch_progress,
-    job_summary,
-    job_view,
-    pod_summary,
-    version_views,
-)
+from whetstone_operator.handlers.indexes import all_of, one_of
+from whetstone_operator.observe import fetch_progress, job_view, version_views
 from whetstone_operator.reconcile.finetunejob import (
     TERMINAL,
     Create,
@@ -32,68 +26,22 @@ from whetstone_operator.reconcile.finetunejob import (
     decide_finetunejob,
 )
 from whetstone_operator.render.workload import (
-    LABEL_JOB,
-    MANAGED_BY,
     trainer_job_name,
     validation_job_name,
 )
 from whetstone_operator.settings import trainer_defaults
 
 RESYNC_SECONDS = float(os.environ.get("WHETSTONE_RESYNC_SECONDS", "10"))
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-# ----------------------------------------------------------------------------- indexes
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def ws_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """FineTuneJob children Jobs, by (namespace, job name)."""
-    meta = body["metadata"]
-    return {(meta["namespace"], meta["name"]): job_summary(body)}
-
-
-@kopf.index("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT})
-def ws_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]] | None:
-    """Pods of our Jobs, by (namespace, Job name)."""
-    meta = body["metadata"]
-    job = (meta.get("labels") or {}).get("job-name")
-    if not job:
-        return None
-    return {(meta["namespace"], job): pod_summary(body)}
-
-
-@kopf.index(GROUP, VERSION, "modelversions")
-def ws_versions(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
-    """ModelVersions by namespace (for version numbers and lineage)."""
-    return {
-        body["metadata"]["namespace"]: {
-            "name": body["metadata"]["name"],
-            "model": spec.get("model", ""),
-            "version": int(spec.get("version", 0) or 0),
-            "fine_tune_job": (spec.get("source") or {}).get("fineTuneJob"),
-        }
-    }
-
-
-def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
-    store = index.get(key)
-    return next(iter(store), None) if store is not None else None
-
-
-def _all(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
-    store = index.get(key)
-    return list(store) if store is not None else []
-
-
 # ----------------------------------------------------------------------------- FineTuneJob
 
 
-def _execute(decision: Decision, namespace: str) -> None:
+def execute(decision: Decision, namespace: str) -> None:
     for action in decision.actions:
         if isinstance(action, Create):
             k8s.create(action.body)
@@ -101,7 +49,7 @@ def _execute(decision: Decision, namespace: str) -> None:
             k8s.delete(action.api_version, action.kind, namespace, action.name)
 
 
-def _emit(body: kopf.Body, decision: Decision) -> None:
+def emit(body: kopf.Body, decision: Decision) -> None:
     for event in decision.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
@@ -124,14 +72,14 @@ def reconcile_finetunejob(
         attempt = max(int(status.get("attempt", 0) or 0), 1)
         vname = validation_job_name(name)
         tname = trainer_job_name(name, attempt)
-        tjob = job_view(_one(ws_jobs, (namespace, tname)), _all(ws_pods, (namespace, tname)))
+        tjob = job_view(one_of(ws_jobs, (namespace, tname)), all_of(ws_pods, (namespace, tname)))
         observed = Observed(
             validation_job=job_view(
-                _one(ws_jobs, (namespace, vname)), _all(ws_pods, (namespace, vname))
+                one_of(ws_jobs, (namespace, vname)), all_of(ws_pods, (namespace, vname))
             ),
             trainer_job=tjob,
             progress=fetch_progress(tjob, defaults.progress_port),
-            model_versions=version_views(_all(ws_versions, namespace)),
+            model_versions=version_views(all_of(ws_versions, namespace)),
         )
         job = JobObject(
             name=name,
@@ -142,9 +90,9 @@ def reconcile_finetunejob(
             status=status,
         )
         decision = decide_finetunejob(job, observed, _now(), defaults)
-        _execute(decision, namespace)
+        execute(decision, namespace)
         patch.status.update(decision.status)
-        _emit(body, decision)
+        emit(body, decision)
         metrics.record_phase(
             "FineTuneJob", namespace, name, decision.status.get("phase", status.get("phase"))
         )
