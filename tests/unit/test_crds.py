@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from whetstone_operator import crdgen
 
 from tests.conftest import REPO_ROOT

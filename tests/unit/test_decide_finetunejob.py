@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from whetstone_operator.reconcile.finetunejob import (
     Create,
     Delete,

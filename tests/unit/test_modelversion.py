@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+
 from whetstone_operator.api.modelversion import Gate, ModelVersionSpec
 from whetstone_operator.approval import APPROVAL_ANNOTATION, Approval, sign, verify
 from whetstone_operator.reconcile.finetunejob import Create, JobView, PodView
@@ -110,7 +111,7 @@ def test_forged_approval_does_not_verify(tamper: str) -> None:
 
 def _verify_job(ok: bool, message: str = "") -> JobView:
     pod = PodView(
-        name="v", phase="Succeeded" if ok else "Failed", exit_code=0 if ok else 1, message=message
+        name="v", phase="Succeeded" if ok else "Failed", exit_code=0 if ok else 4, message=message
     )
     if ok:
         return JobView(name="grader-v4-verify", succeeded=1, complete=True, pods=(pod,))

@@ -8,6 +8,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from whetstone_operator.api import KINDS
 from whetstone_operator.api.errors import SpecError, parse_spec
 

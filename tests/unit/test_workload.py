@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
 from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 
 import kopf
@@ -94,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     configure(options)
     if options.webhook_port:
         from whetstone_operator import webhooks  # noqa: F401  (registers admission handlers)
+    # Peers of equal priority all pause: each replica draws its own, the highest one acts
+    # and a survivor takes over when its peering record expires.
+    priority = int(os.environ.get("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30)
     kopf.run(
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
         standalone=not options.peering,
         peering_name=options.peering or None,
+        priority=priority,
         liveness_endpoint=options.liveness or None,
     )
     return 0

@@ -101,3 +101,98 @@ def can_approve(userinfo: dict[str, Any], namespace: str, name: str) -> tuple[bo
     )
     answer = client.AuthorizationV1Api(api_client()).create_subject_access_review(review)
     return bool(answer.status.allowed), str(answer.status.reason or "")
+
+
+# ----------------------------------------------------------------------------- Rollout
+
+ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def get_rollout(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Rollout as stored now (None when it is gone)."""
+    try:
+        body = client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "rollouts", name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(body)
+
+
+def patch_rollout_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    """Merge-patch the Rollout's status subresource."""
+    client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "rollouts", name, {"status": patch}, _content_type=MERGE_PATCH
+    )
+
+
+def patch_inference_service_predictor(namespace: str, name: str, patch: dict[str, Any]) -> bool:
+    """Merge-patch a KServe InferenceService; False when it does not exist."""
+    try:
+        client.CustomObjectsApi(api_client()).patch_namespaced_custom_object(
+            ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, patch, _content_type=MERGE_PATCH
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    log.info("patched InferenceService %s/%s: %s", namespace, name, patch)
+    return True
+
+
+def set_model_version_deployment(
+    namespace: str,
+    name: str,
+    rollout: str,
+    entry: dict[str, Any] | None,
+    superseded_by: str | None = None,
+    attempts: int = 5,
+) -> bool:
+    """Replace `rollout`'s entry in a ModelVersion's status.deployments (None removes it),
+    leaving other Rollouts' entries alone; a version that serves again loses supersededBy,
+    one replaced on promotion gets it. Optimistic on resourceVersion; False when the
+    ModelVersion does not exist."""
+    api = client.CustomObjectsApi(api_client())
+    for _ in range(attempts):
+        try:
+            body = api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modelversions", name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        status = body.get("status") or {}
+        current = list(status.get("deployments") or [])
+        wanted = [d for d in current if d.get("rollout") != rollout]
+        if entry is not None:
+            wanted.append(entry)
+        change: dict[str, Any] = {}
+        if wanted != current:
+            change["deployments"] = wanted
+        if entry is not None and status.get("supersededBy"):
+            change["supersededBy"] = None
+        elif superseded_by and status.get("supersededBy") != superseded_by:
+            change["supersededBy"] = superseded_by
+        if not change:
+            return True
+        patch = {
+            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+            "status": change,
+        }
+        try:
+            api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "modelversions", name, patch, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                continue
+            if exc.status == 404:
+                return False
+            raise
+        log.info("ModelVersion %s/%s status: %s", namespace, name, change)
+        return True
+    raise RuntimeError(f"ModelVersion {namespace}/{name}: deployments still conflicting")

@@ -38,12 +38,14 @@ def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> Non
 class _PhaseCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         for kind, metric in _GAUGES.items():
-            family = GaugeMetricFamily(metric, f"{kind} objects by phase.", labels=["phase"])
-            counts: dict[str, int] = {}
-            for phase in _PHASES[kind].values():
-                counts[phase] = counts.get(phase, 0) + 1
-            for phase, count in sorted(counts.items()):
-                family.add_metric([phase], count)
+            family = GaugeMetricFamily(
+                metric, f"{kind} objects by namespace and phase.", labels=["namespace", "phase"]
+            )
+            counts: dict[tuple[str, str], int] = {}
+            for (namespace, _), phase in _PHASES[kind].items():
+                counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+            for (namespace, phase), count in sorted(counts.items()):
+                family.add_metric([namespace, phase], count)
             yield family
 
 

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from whetstone_trainer.result import Progress
 
 from whetstone_operator.reconcile.finetunejob import JobView, PodView, VersionView
 from whetstone_operator.render.workload import COMPLETION_INDEX_ANNOTATION
+from whetstone_trainer.result import Progress
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,16 @@ def configure(options: OperatorOptions) -> None:
 
 def trainer_defaults() -> TrainerDefaults:
     """Trainer pod defaults: the image and progress port options, plus the JSON object in
-    WHETSTONE_TRAINER_DEFAULTS (nodeSelector, tolerations, validationCpu, validationMemory)."""
+    WHETSTONE_TRAINER_DEFAULTS (nodeSelector, tolerations, gpuResourceName, shmSize,
+    validationCpu, validationMemory, imagePullPolicy)."""
     extra = json.loads(os.environ.get("WHETSTONE_TRAINER_DEFAULTS", "") or "{}")
     return TrainerDefaults(
         image=OPTIONS.trainer_image,
         progress_port=OPTIONS.progress_port,
         node_selector=dict(extra.get("nodeSelector", {})),
         tolerations=list(extra.get("tolerations", [])),
+        gpu_resource_name=str(extra.get("gpuResourceName") or "nvidia.com/gpu"),
+        shm_size=str(extra["shmSize"]) if extra.get("shmSize") else None,
         validation_cpu=str(extra.get("validationCpu", "500m")),
         validation_memory=str(extra.get("validationMemory", "2Gi")),
         image_pull_policy=str(extra.get("imagePullPolicy", "IfNotPresent")),

@@ -17,6 +17,7 @@ TERMINATION_MESSAGE_LIMIT = 4096
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_DATA = 3
+EXIT_VERIFY_FAILED = 4  # the artifact is absent, incomplete or does not match its digest
 EXIT_PREEMPTED = 143  # SIGTERM: a checkpoint was saved, the run can resume
 
 
@@ -110,3 +111,40 @@ class TrainerResult(CamelModel):
             update={"data_report": self.data_report.model_copy(update={"invalid_lines": []})}
         )
         return trimmed.model_dump_json(by_alias=True, exclude_none=True)
+
+
+class TrainerFailure(CamelModel):
+    """Why a run did not succeed (the container's termination message on a non-zero exit)."""
+
+    model_config = CamelModel.model_config | {"extra": "ignore"}
+
+    reason: str = Field(description="InvalidData, Preempted or Failed (matches the exit code).")
+    message: str = Field(max_length=2048, description="What went wrong, for people.")
+    data_report: DataReport | None = Field(
+        default=None, description="The data report, when the data was read."
+    )
+    step: int | None = Field(default=None, ge=0, description="Step reached (Preempted).")
+    checkpoint_uri: str | None = Field(
+        default=None, max_length=2048, description="Checkpoint saved on preemption."
+    )
+
+    def termination_message(self) -> str:
+        """JSON for the termination message, trimmed to fit the kubelet's 4 KB limit."""
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        report = self.data_report
+        trimmed = self.model_copy(
+            update={
+                "data_report": report.model_copy(update={"invalid_lines": report.invalid_lines[:5]})
+                if report is not None
+                else None,
+                "message": self.message[:1024],
+            }
+        )
+        text = trimmed.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        return trimmed.model_copy(update={"data_report": None}).model_dump_json(
+            by_alias=True, exclude_none=True
+        )

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from whetstone_trainer.config import CamelModel
 
 GROUP = "whetstone.dev"

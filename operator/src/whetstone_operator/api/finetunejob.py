@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
+
+from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
+from whetstone_operator.api.modelversion import Gate, MetricValues
 from whetstone_trainer.config import (
     CamelModel,
     DatasetSpec,
@@ -18,9 +21,6 @@ from whetstone_trainer.config import (
     check_combination,
 )
 from whetstone_trainer.result import CheckpointInfo, DataReport, Progress
-
-from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
-from whetstone_operator.api.modelversion import Gate, MetricValues
 
 
 class BaseModelSpec(ModelSource):
@@ -71,11 +71,12 @@ class ResourcesSpec(CamelModel):
     gpus_per_node: int = Field(
         default=1, ge=0, le=64, description="GPUs requested by each trainer pod (0 = CPU only)."
     )
-    gpu_resource_name: str = Field(
-        default="nvidia.com/gpu",
+    gpu_resource_name: str | None = Field(
+        default=None,
         max_length=253,
         pattern=r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
-        description="Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu).",
+        description="Extended resource name of the GPU (e.g. nvidia.com/gpu, amd.com/gpu); "
+        "omitted = the operator's configured default (nvidia.com/gpu unless changed).",
     )
     cpu: str | None = Field(
         default=None,
@@ -93,7 +94,8 @@ class ResourcesSpec(CamelModel):
         default=None,
         max_length=32,
         pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?)?$",
-        description="Size of the memory-backed /dev/shm (default: sized from GPUs per node).",
+        description="Size of the memory-backed /dev/shm; omitted = the operator's default, "
+        "else 8Gi per GPU.",
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Node labels the trainer pods must match."

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
-from whetstone_trainer.config import CamelModel, ModelSource
 
 from whetstone_operator.api.common import (
     DNS_LABEL,
@@ -14,6 +13,7 @@ from whetstone_operator.api.common import (
     SecretRef,
     StatusBase,
 )
+from whetstone_trainer.config import CamelModel, ModelSource
 
 DIGEST = r"^sha256:[0-9a-f]{64}$"
 KNOWN_METRICS = ("loss", "evalLoss", "perplexity", "exactMatch", "rougeL", "accuracy")

@@ -6,7 +6,6 @@ import itertools
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
-from whetstone_trainer.config import CamelModel
 
 from whetstone_operator.api.common import (
     DNS_SUBDOMAIN,
@@ -15,6 +14,7 @@ from whetstone_operator.api.common import (
     StatusBase,
     parse_duration,
 )
+from whetstone_trainer.config import CamelModel
 
 
 class PauseStep(CamelModel):
@@ -126,7 +126,7 @@ class AnalysisMetric(CamelModel):
     threshold_range: ThresholdRange = Field(description="Acceptable range.")
     no_data: Literal["fail", "pass", "inconclusive"] = Field(
         default="inconclusive",
-        description="What an empty query result counts as: fail, pass or inconclusive.",
+        description="What an empty result or a failed query counts as: fail, pass or inconclusive.",
     )
 
 
@@ -141,6 +141,13 @@ class Analysis(CamelModel):
         ge=0,
         le=1000,
         description="Failed rounds tolerated; one more aborts the rollout.",
+    )
+    inconclusive_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Inconclusive rounds in a row (no data) tolerated; one more holds the "
+        "rollout (phase Paused) until a round passes or whetstone.dev/promote is set.",
     )
     metrics: list[AnalysisMetric] = Field(
         min_length=1, max_length=32, description="Metrics checked each round."
@@ -236,16 +243,59 @@ class AnalysisResult(CamelModel):
     message: str = Field(default="", description="Detail, e.g. the query error.")
 
 
+class AnalysisRound(CamelModel):
+    """The outcome of one analysis round."""
+
+    time: str = Field(description="When the round ran (RFC 3339).")
+    outcome: Literal["Successful", "Failed", "Inconclusive"] = Field(
+        description="Successful, Failed (a metric out of range) or Inconclusive (no data)."
+    )
+    message: str = Field(default="", description="The metrics that decided the outcome.")
+
+
 class AnalysisStatus(CamelModel):
     """Running totals of the background analysis."""
 
     successes: int = Field(default=0, ge=0, description="Passed rounds.")
     failures: int = Field(default=0, ge=0, description="Failed rounds.")
+    inconclusive: int = Field(default=0, ge=0, description="Inconclusive rounds (no data).")
     consecutive_successes: int = Field(default=0, ge=0, description="Passed rounds in a row.")
+    consecutive_inconclusive: int = Field(
+        default=0, ge=0, description="Inconclusive rounds in a row."
+    )
     last_run_time: str | None = Field(default=None, description="When the last round ran.")
     last_results: list[AnalysisResult] = Field(
         default_factory=list, description="Results of the last round."
     )
+    history: list[AnalysisRound] = Field(
+        default_factory=list, description="Outcomes of the most recent rounds, oldest first."
+    )
+
+
+class StorageUri(CamelModel):
+    """One entry of a predictor's storageUris."""
+
+    uri: str = Field(description="Model location.")
+    path: str | None = Field(default=None, description="Where it is mounted in the container.")
+
+
+class PredictorStorage(CamelModel):
+    """What an InferenceService predictor loads: storageUri or storageUris."""
+
+    storage_uri: str | None = Field(
+        default=None, description="spec.predictor.model.storageUri of the InferenceService."
+    )
+    storage_uris: list[StorageUri] | None = Field(
+        default=None, description="spec.predictor.model.storageUris (base model + adapter)."
+    )
+
+
+class HandledCommands(CamelModel):
+    """The annotation values the controller has acted on (a new value is a new command)."""
+
+    promote: str | None = Field(default=None, description="Last handled whetstone.dev/promote.")
+    abort: str | None = Field(default=None, description="Last handled whetstone.dev/abort.")
+    retry: str | None = Field(default=None, description="Last handled whetstone.dev/retry.")
 
 
 class RolloutStatus(StatusBase):
@@ -269,6 +319,25 @@ class RolloutStatus(StatusBase):
     )
     analysis: AnalysisStatus | None = Field(default=None, description="Analysis totals.")
     abort_reason: str | None = Field(default=None, description="Why the rollout was aborted.")
+    stable_revision: str | None = Field(
+        default=None, description="KServe revision serving the stable version ({{stable}})."
+    )
+    canary_revision: str | None = Field(
+        default=None, description="KServe revision serving the canary ({{canary}})."
+    )
+    stable_storage: PredictorStorage | None = Field(
+        default=None, description="The stable predictor storage, restored on abort."
+    )
+    not_ready_since: str | None = Field(
+        default=None,
+        description="Since when the canary has not been ready with the desired traffic split "
+        "(the progressDeadlineSeconds clock).",
+    )
+    start_time: str | None = Field(default=None, description="When the rollout started.")
+    completion_time: str | None = Field(default=None, description="When the rollout was promoted.")
+    handled_commands: HandledCommands | None = Field(
+        default=None, description="Annotation commands already acted on."
+    )
 
 
 class Rollout(CamelModel):

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from whetstone_trainer.result import EXIT_INVALID_DATA, DataReport, Progress, TrainerResult
 
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.common import (
@@ -39,6 +38,7 @@ from whetstone_operator.render.workload import (
     build_validation_job,
     trainer_job_name,
 )
+from whetstone_trainer.result import EXIT_INVALID_DATA, DataReport, Progress, TrainerResult
 
 TERMINAL = ("Succeeded", "Failed")
 WAITING_PROBLEMS = (

@@ -21,6 +21,7 @@ from whetstone_operator.reconcile.finetunejob import Create, Decision, JobView
 from whetstone_operator.reconcile.validation import EventSpec, decide_validity
 from whetstone_operator.render.verify import VersionOwner, build_verify_job
 from whetstone_operator.render.workload import TrainerDefaults
+from whetstone_trainer.result import EXIT_VERIFY_FAILED
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,12 @@ def parse_verify_message(text: str | None) -> tuple[str | None, str]:
                 continue
             if isinstance(raw, dict):
                 digest = raw.get("digest") or raw.get("manifestDigest")
-                detail = raw.get("reason") or raw.get("message") or raw.get("error") or ""
+                problems = raw.get("problems") or []
+                detail = (
+                    raw.get("reason")
+                    or raw.get("message")
+                    or "; ".join(str(p) for p in problems[:5])
+                )
                 return (str(digest) if digest else None), str(detail)
     return None, text.strip().splitlines()[-1][:500]
 
@@ -137,7 +143,10 @@ def decide_modelversion(
             cond("ArtifactVerified", "Unknown", "Verifying", "a verify pod checks the digests")
             phase("Pending", "VerificationStarted", "verifying the artifact's digests")
             return _finish(decision, before, status, mv.generation)
-        pod = verify_job.pods[-1] if verify_job.pods else None
+        # A pod that exits EXIT_VERIFY_FAILED is a definite answer; other failures are retried
+        # by the Job (storage hiccups) until its backoff limit.
+        definite = [p for p in verify_job.pods if p.exit_code == EXIT_VERIFY_FAILED]
+        pod = definite[-1] if definite else (verify_job.pods[-1] if verify_job.pods else None)
         digest, detail = parse_verify_message(pod.message if pod else None)
         if verify_job.complete:
             if digest is not None and digest != spec.artifact.digest:
@@ -149,7 +158,7 @@ def decide_modelversion(
                 return _finish(decision, before, status, mv.generation)
             status.verified_digest = spec.artifact.digest
             cond("ArtifactVerified", "True", "DigestMatches", f"{spec.artifact.uri} verified")
-        elif verify_job.failed_reason is not None or (pod is not None and pod.phase == "Failed"):
+        elif verify_job.failed_reason is not None or definite:
             reason = "DigestMismatch" if "mismatch" in detail.lower() else "VerificationFailed"
             message = f"artifact {spec.artifact.uri} failed verification: {detail or 'no detail'}"
             cond("ArtifactVerified", "False", reason, message)

@@ -93,7 +93,7 @@ def build_verify_job(
             ],
         },
         "spec": {
-            "backoffLimit": 1,
+            "backoffLimit": 2,
             "activeDeadlineSeconds": 1800,
             "template": {
                 "metadata": {"labels": labels},

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from whetstone_trainer.config import TrainerConfig
 
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
+from whetstone_trainer.config import TrainerConfig
 
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/whetstone"
@@ -57,6 +57,8 @@ class TrainerDefaults:
     progress_port: int = 8080
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    gpu_resource_name: str = "nvidia.com/gpu"
+    shm_size: str | None = None
     validation_cpu: str = "500m"
     validation_memory: str = "2Gi"
     image_pull_policy: str = "IfNotPresent"
@@ -208,10 +210,12 @@ def base_env() -> list[dict[str, Any]]:
     ]
 
 
-def shm_size(spec: FineTuneJobSpec) -> str:
+def shm_size(spec: FineTuneJobSpec, defaults: TrainerDefaults) -> str:
     """/dev/shm size: NCCL and DeepSpeed need far more than the 64 MiB default."""
     if spec.resources.shm_size:
         return spec.resources.shm_size
+    if defaults.shm_size:
+        return defaults.shm_size
     return f"{max(spec.resources.gpus_per_node, 1) * 8}Gi"
 
 
@@ -264,12 +268,13 @@ def build_trainer_job(
     """The trainer Job: one pod per node; for nodes > 1 an Indexed Job with torchrun ranks."""
     res = spec.resources
     claims = pvc_claims(spec)
-    shm = shm_size(spec)
+    shm = shm_size(spec, defaults)
     name = trainer_job_name(owner.name, attempt)
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if res.gpus_per_node:
-        requests[res.gpu_resource_name] = limits[res.gpu_resource_name] = str(res.gpus_per_node)
+        gpu = res.gpu_resource_name or defaults.gpu_resource_name
+        requests[gpu] = limits[gpu] = str(res.gpus_per_node)
     if res.cpu:
         requests["cpu"] = res.cpu
     if res.memory:

@@ -1,0 +1,221 @@
+"""Rollout handlers: observe (indexes, Prometheus) -> decide (pure) -> act (k8s.py) -> status.
+
+Unlike the other kinds, a Rollout run re-reads the object and writes its status itself,
+under a per-Rollout lock: kopf runs the change handlers and the resync timer concurrently,
+and a decision taken on a status another run has just moved on would repeat or undo a step
+(or count an analysis round twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from prometheus_client import Counter, Gauge
+
+from whetstone_operator import analysis, k8s, metrics
+from whetstone_operator.api import GROUP, VERSION
+from whetstone_operator.reconcile.rollout import (
+    Decision,
+    PatchPredictor,
+    RolloutObject,
+    SetDeployment,
+    VersionInfo,
+    World,
+    decide_rollout,
+    due_queries,
+)
+from whetstone_operator.rollout import ServiceView, service_view
+
+RESYNC_SECONDS = float(os.environ.get("WHETSTONE_RESYNC_SECONDS", "10"))
+FINISHED = ("Succeeded", "Failed")
+
+log = logging.getLogger(__name__)
+
+CANARY_WEIGHT = Gauge(
+    "whetstone_rollout_canary_weight", "Traffic share of the canary (%).", ["namespace", "rollout"]
+)
+ANALYSIS_ROUNDS = Counter(
+    "whetstone_rollout_analysis_rounds",
+    "Analysis rounds by outcome.",
+    ["namespace", "rollout", "outcome"],
+)
+ABORTS = Counter("whetstone_rollout_aborts", "Rollouts aborted.", ["namespace", "rollout"])
+
+_LOCKS: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+@kopf.index(GROUP, VERSION, "modelversions")
+def ws_rollout_versions(
+    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], VersionInfo]:
+    """ModelVersions by (namespace, name): artifact, phase, conditions, deployments."""
+    meta = body["metadata"]
+    artifact = spec.get("artifact") or {}
+    return {
+        (meta["namespace"], meta["name"]): VersionInfo(
+            name=meta["name"],
+            phase=status.get("phase"),
+            conditions={
+                str(c.get("type")): str(c.get("status")) for c in status.get("conditions") or []
+            },
+            artifact_uri=artifact.get("uri"),
+            artifact_format=str(artifact.get("format") or "merged"),
+            base_uri=(spec.get("baseModel") or {}).get("uri"),
+            deployments=tuple(dict(d) for d in status.get("deployments") or []),
+        )
+    }
+
+
+@kopf.index("serving.kserve.io", "v1beta1", "inferenceservices")
+def ws_inference_services(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ServiceView]:
+    """KServe InferenceServices by (namespace, name): storage, split, readiness."""
+    meta = body["metadata"]
+    return {(meta["namespace"], meta["name"]): service_view(body)}
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> Iterator[Any]:
+    store = index.get(key)
+    yield from (store if store is not None else ())
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    service: ServiceView | None
+    versions: dict[str, VersionInfo]
+
+
+def _snapshot(
+    namespace: str, service: str, versions: kopf.Index[Any, Any], services: kopf.Index[Any, Any]
+) -> _Snapshot:
+    # Taken on the event loop, where kopf updates the indexes: never torn.
+    return _Snapshot(
+        service=next(_values(services, (namespace, service)), None),
+        versions={
+            key[1]: value
+            for key in list(versions)
+            if key[0] == namespace
+            for value in _values(versions, key)
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- reconcile
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _execute(decision: Decision, namespace: str, rollout: str) -> None:
+    for action in decision.actions:
+        if isinstance(action, PatchPredictor):
+            k8s.patch_inference_service_predictor(namespace, action.inference_service, action.patch)
+        elif isinstance(action, SetDeployment):
+            k8s.set_model_version_deployment(
+                namespace, action.model_version, rollout, action.entry, action.superseded_by
+            )
+
+
+def _record(namespace: str, name: str, before: str | None, decision: Decision) -> None:
+    phase = decision.phase
+    metrics.record_phase("Rollout", namespace, name, phase)
+    CANARY_WEIGHT.labels(namespace, name).set(decision.canary_weight)
+    history = (decision.status.get("analysis") or {}).get("history")
+    if decision.status.get("analysis", {}).get("lastRunTime") and history:
+        ANALYSIS_ROUNDS.labels(namespace, name, history[-1]["outcome"]).inc()
+    if phase == "Aborted" and before != "Aborted":
+        ABORTS.labels(namespace, name).inc()
+
+
+def reconcile_once(namespace: str, name: str, snapshot: _Snapshot) -> Decision | None:
+    """One reconcile of a Rollout (blocking I/O): read, measure, decide, act, write status."""
+    body = k8s.get_rollout(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    meta = body["metadata"]
+    obj = RolloutObject(
+        name=name,
+        namespace=namespace,
+        generation=meta.get("generation"),
+        spec=dict(body.get("spec") or {}),
+        status=dict(body.get("status") or {}),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+    now = _now()
+    queries = due_queries(obj, now)
+    measurements = tuple(analysis.measure(q) for q in queries) if queries else None
+    world = World(service=snapshot.service, versions=snapshot.versions, measurements=measurements)
+    decision = decide_rollout(obj, world, now)
+    _execute(decision, namespace, name)
+    if decision.status:
+        k8s.patch_rollout_status(namespace, name, decision.status)
+    _record(namespace, name, obj.status.get("phase"), decision)
+    return decision
+
+
+async def reconcile_rollout(body: kopf.Body, **kwargs: Any) -> None:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    service = str(((body.get("spec") or {}).get("inferenceService") or {}).get("name", ""))
+    lock = _LOCKS.setdefault((namespace, name), asyncio.Lock())
+    started = time.monotonic()
+    metrics.RECONCILES.labels("Rollout").inc()
+    async with lock:
+        snapshot = _snapshot(
+            namespace, service, kwargs["ws_rollout_versions"], kwargs["ws_inference_services"]
+        )
+        try:
+            done = await asyncio.to_thread(reconcile_once, namespace, name, snapshot)
+        except Exception:
+            metrics.ERRORS.labels("Rollout").inc()
+            raise
+        finally:
+            metrics.DURATION.labels("Rollout").observe(time.monotonic() - started)
+    if done is None:
+        return
+    for event in done.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+
+@kopf.on.resume(GROUP, VERSION, "rollouts")
+@kopf.on.create(GROUP, VERSION, "rollouts")
+@kopf.on.update(GROUP, VERSION, "rollouts")
+async def rollout_changed(body: kopf.Body, **kwargs: Any) -> None:
+    await reconcile_rollout(body, **kwargs)
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in FINISHED
+
+
+@kopf.timer(GROUP, VERSION, "rollouts", interval=RESYNC_SECONDS, when=_unfinished)
+async def rollout_resync(body: kopf.Body, **kwargs: Any) -> None:
+    await reconcile_rollout(body, **kwargs)
+
+
+@kopf.on.delete(GROUP, VERSION, "rollouts", optional=True)
+async def rollout_deleted(body: kopf.Body, **kwargs: Any) -> None:
+    # Best effort: without a finalizer the Rollout may be gone before this runs.
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    metrics.record_phase("Rollout", namespace, name, None)
+    _LOCKS.pop((namespace, name), None)
+    snapshot = _snapshot(
+        namespace, "", kwargs["ws_rollout_versions"], kwargs["ws_inference_services"]
+    )
+    for version in snapshot.versions.values():
+        if any(d.get("rollout") == name for d in version.deployments):
+            await asyncio.to_thread(
+                k8s.set_model_version_deployment, namespace, version.name, name, None
+            )

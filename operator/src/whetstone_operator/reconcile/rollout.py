@@ -1,0 +1,290 @@
+"""Rollout decisions: (object, observed world, now) -> (actions, status patch, events).
+
+Pure. Around the canary state machine (`whetstone_operator.rollout`) it adds what touches
+other objects: whether the candidate ModelVersion may be used, which ModelVersion the
+InferenceService serves now, the predictor patch, and each ModelVersion's
+`status.deployments` entry for this Rollout (the only part of a ModelVersion it writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from whetstone_operator.api.common import Condition
+from whetstone_operator.api.rollout import PredictorStorage, RolloutSpec, RolloutStatus
+from whetstone_operator.reconcile.validation import decide_validity
+from whetstone_operator.rollout import (
+    Event,
+    Measurement,
+    Observed,
+    Query,
+    ServiceView,
+    analysis_due,
+    build_predictor_patch,
+    build_queries,
+    candidate_storage,
+    same_storage,
+    step,
+)
+from whetstone_operator.rollout.kserve import is_applied
+
+USABLE_PHASES = ("Approved", "Serving")
+REQUIRED_CONDITIONS = ("ArtifactVerified", "GatesPassed")
+ACTIVE = ("Progressing", "Paused")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A ModelVersion as a Rollout sees it."""
+
+    name: str
+    phase: str | None = None
+    conditions: Mapping[str, str] = field(default_factory=dict)
+    artifact_uri: str | None = None
+    artifact_format: str = "merged"
+    base_uri: str | None = None
+    deployments: tuple[Mapping[str, Any], ...] = ()
+
+    def storage(self) -> PredictorStorage | None:
+        if not self.artifact_uri:
+            return None
+        return candidate_storage(self.artifact_uri, self.artifact_format, self.base_uri)
+
+
+@dataclass(frozen=True)
+class RolloutObject:
+    """The Rollout itself."""
+
+    name: str
+    namespace: str
+    generation: int | None
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class World:
+    """What the operator observes besides the Rollout."""
+
+    service: ServiceView | None = None
+    versions: Mapping[str, VersionInfo] = field(default_factory=dict)
+    measurements: tuple[Measurement, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PatchPredictor:
+    """Merge-patch the InferenceService (storage and canaryTrafficPercent)."""
+
+    inference_service: str
+    patch: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SetDeployment:
+    """Set (or with entry None, remove) this Rollout's entry in a ModelVersion's deployments;
+    `superseded_by` names the version that replaced it on promotion."""
+
+    model_version: str
+    entry: dict[str, Any] | None
+    superseded_by: str | None = None
+
+
+Action = PatchPredictor | SetDeployment
+
+
+@dataclass
+class Decision:
+    """Actions to execute, then the status patch to write and the Events to emit."""
+
+    actions: list[Action] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    phase: str | None = None
+    canary_weight: int = 0
+
+
+def version_problem(name: str, version: VersionInfo | None) -> tuple[str, str] | None:
+    """(reason, message) why ModelVersion `name` may not be rolled out; None when it may."""
+    if version is None:
+        return "ModelVersionNotFound", (
+            f"ModelVersion {name} not found in this namespace: create it (or fix spec.modelVersion)"
+        )
+    if version.phase not in USABLE_PHASES:
+        hint = {
+            "Verified": "approve it first",
+            "Pending": "wait for its artifact check and gates",
+            "Rejected": "it failed its gates or artifact check: pick another version",
+            "Retired": "re-approve it or pick another version",
+        }.get(version.phase or "", "wait for it to be approved")
+        return "ModelVersionNotApproved", (
+            f"ModelVersion {name} is {version.phase or 'not yet reconciled'}, not Approved: {hint}"
+        )
+    for cond in REQUIRED_CONDITIONS:
+        if version.conditions.get(cond) != "True":
+            return "ModelVersionNotReady", (
+                f"ModelVersion {name} is {version.phase} but its condition {cond} is "
+                f"{version.conditions.get(cond, 'missing')}"
+            )
+    if version.storage() is None:
+        return "ModelVersionNotReady", f"ModelVersion {name} has no spec.artifact.uri"
+    return None
+
+
+def serving_version(service: ServiceView | None, versions: Mapping[str, VersionInfo]) -> str | None:
+    """The ModelVersion whose artifact the InferenceService loads now, if one matches."""
+    if service is None:
+        return None
+    for name in sorted(versions):
+        storage = versions[name].storage()
+        if storage is not None and same_storage(storage, service.storage):
+            return name
+    return None
+
+
+def _parse_status(raw: Mapping[str, Any]) -> RolloutStatus:
+    try:
+        return RolloutStatus.model_validate(raw)
+    except ValidationError:
+        # A hand-edited status must not wedge the reconcile: keep what still parses.
+        keep = {k: v for k, v in raw.items() if k in ("phase", "handledCommands")}
+        try:
+            return RolloutStatus.model_validate(keep)
+        except ValidationError:
+            return RolloutStatus()
+
+
+def _parse_spec(raw: Mapping[str, Any]) -> RolloutSpec | None:
+    try:
+        return RolloutSpec.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def due_queries(obj: RolloutObject, now: datetime) -> list[Query]:
+    """The analysis queries to run before deciding (empty when no round is due)."""
+    spec = _parse_spec(obj.spec)
+    if spec is None:
+        return []
+    status = _parse_status(obj.status)
+    if not analysis_due(spec, status, now):
+        return []
+    return build_queries(spec, status, obj.namespace)
+
+
+def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch turning `before` into `after` (null removes a key)."""
+    patch: dict[str, Any] = {}
+    for key in before.keys() | after.keys():
+        if key not in after:
+            patch[key] = None
+        elif key not in before:
+            patch[key] = after[key]
+        elif before[key] != after[key]:
+            old, new = before[key], after[key]
+            both = isinstance(old, Mapping) and isinstance(new, Mapping)
+            patch[key] = merge_patch(old, new) if both else new
+    return patch
+
+
+def _deployment(rollout: str, service: str, percent: int, role: str) -> dict[str, Any]:
+    return {
+        "rollout": rollout,
+        "inferenceService": service,
+        "trafficPercent": percent,
+        "role": role,
+    }
+
+
+def desired_deployments(
+    obj: RolloutObject, spec: RolloutSpec, status: RolloutStatus
+) -> dict[str, dict[str, Any]]:
+    """ModelVersion name -> this Rollout's deployment entry, for the versions that serve."""
+    service = spec.inference_service.name
+    stable, canary = status.stable_model_version, status.canary_model_version
+    out: dict[str, dict[str, Any]] = {}
+    if status.phase in ACTIVE and canary:
+        weight = status.canary_weight
+        if stable and stable != canary:
+            out[stable] = _deployment(obj.name, service, 100 - weight, "stable")
+        out[canary] = _deployment(obj.name, service, weight, "canary")
+    elif status.phase == "Succeeded" and stable:
+        out[stable] = _deployment(obj.name, service, 100, "stable")
+    elif stable and status.stable_storage is not None:
+        # Aborted, or waiting after a reset: the stable version has all the traffic.
+        out[stable] = _deployment(obj.name, service, 100, "stable")
+    return out
+
+
+def _deployment_actions(
+    obj: RolloutObject,
+    status: RolloutStatus,
+    versions: Mapping[str, VersionInfo],
+    wanted: dict[str, dict[str, Any]],
+) -> list[Action]:
+    promoted = status.stable_model_version if status.phase == "Succeeded" else None
+    actions: list[Action] = []
+    for name in sorted(set(wanted) | set(versions)):
+        version = versions.get(name)
+        if version is None:
+            continue
+        mine = [dict(d) for d in version.deployments if d.get("rollout") == obj.name]
+        target = wanted.get(name)
+        if mine == ([target] if target else []):
+            continue
+        replaced_by = promoted if target is None and promoted != name else None
+        actions.append(SetDeployment(name, target, replaced_by))
+    return actions
+
+
+def decide_rollout(obj: RolloutObject, world: World, now: datetime) -> Decision:
+    """The next actions, status and Events of a Rollout."""
+    raw_status = dict(obj.status)
+    validity = decide_validity("Rollout", obj.spec, raw_status, obj.generation, now)
+    status = _parse_status(raw_status)
+    status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
+    decision = Decision()
+    if validity.event is not None:
+        event = validity.event
+        decision.events.append(Event(event.type, event.reason, event.message))
+    if not validity.valid:
+        status.phase = status.phase or "Pending"
+        status.message = validity.status_patch["message"]
+        status.observed_generation = obj.generation
+        decision.status = merge_patch(raw_status, status.wire())
+        decision.phase = status.phase
+        return decision
+    spec = validity.spec
+    assert isinstance(spec, RolloutSpec)
+
+    candidate = world.versions.get(spec.model_version)
+    problem = version_problem(spec.model_version, candidate)
+    observed = Observed(
+        service=world.service,
+        candidate=candidate.storage() if candidate else None,
+        candidate_problem=problem[1] if problem else None,
+        candidate_reason=problem[0] if problem else "ModelVersionReady",
+        serving_version=serving_version(world.service, world.versions),
+        annotations=obj.annotations,
+        measurements=world.measurements,
+    )
+    result = step(spec, status, observed, now, generation=obj.generation)
+    after = result.status
+    after.observed_generation = obj.generation
+
+    desired, service = result.desired, world.service
+    if desired is not None and service is not None and not is_applied(service, desired):
+        decision.actions.append(PatchPredictor(service.name, build_predictor_patch(desired)))
+    decision.actions += _deployment_actions(
+        obj, after, world.versions, desired_deployments(obj, spec, after)
+    )
+    decision.events += result.events
+    decision.status = merge_patch(raw_status, after.wire())
+    decision.phase = after.phase
+    decision.canary_weight = after.canary_weight
+    return decision

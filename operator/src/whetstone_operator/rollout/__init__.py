@@ -1,0 +1,57 @@
+"""The canary of a Rollout as pure code: the state machine, KServe's view, analysis judging."""
+
+from whetstone_operator.rollout.judge import (
+    Measurement,
+    Query,
+    analysis_due,
+    build_queries,
+    judge,
+    render_query,
+    round_outcome,
+)
+from whetstone_operator.rollout.kserve import (
+    Desired,
+    ServiceView,
+    Traffic,
+    build_predictor_patch,
+    candidate_storage,
+    check_ready,
+    same_storage,
+    service_view,
+)
+from whetstone_operator.rollout.machine import (
+    ABORT,
+    PROMOTE,
+    RETRY,
+    Event,
+    Observed,
+    StepResult,
+    step,
+    weight_at,
+)
+
+__all__ = [
+    "ABORT",
+    "PROMOTE",
+    "RETRY",
+    "Desired",
+    "Event",
+    "Measurement",
+    "Observed",
+    "Query",
+    "ServiceView",
+    "StepResult",
+    "Traffic",
+    "analysis_due",
+    "build_predictor_patch",
+    "build_queries",
+    "candidate_storage",
+    "check_ready",
+    "judge",
+    "render_query",
+    "round_outcome",
+    "same_storage",
+    "service_view",
+    "step",
+    "weight_at",
+]

@@ -1,0 +1,136 @@
+"""Analysis as pure functions: when a round is due, the queries it runs, how results are judged."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from whetstone_operator.api.common import format_time, parse_duration, parse_time
+from whetstone_operator.api.rollout import (
+    AnalysisMetric,
+    AnalysisResult,
+    RolloutSpec,
+    RolloutStatus,
+)
+
+ACTIVE = ("Progressing", "Paused")
+Outcome = Literal["Successful", "Failed", "Inconclusive"]
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One metric's query, placeholders filled in."""
+
+    metric: str
+    address: str
+    query: str
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a query returned: a value, nothing (None) or an error."""
+
+    metric: str
+    value: float | None
+    error: str | None = None
+
+
+def render_query(text: str, variables: Mapping[str, str]) -> str:
+    """Replace {{name}} placeholders; unknown names are left as they are."""
+    return _PLACEHOLDER.sub(lambda m: variables.get(m.group(1), m.group(0)), text)
+
+
+def analysis_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
+    """A round is due: analysis configured, the canary serving, the interval elapsed."""
+    analysis = spec.strategy.canary.analysis
+    if analysis is None or status.phase not in ACTIVE or not status.canary_revision:
+        return False
+    if status.canary_model_version != spec.model_version:
+        return False
+    # Once canaryTrafficPercent is cleared KServe has promoted: there is no going back.
+    if (status.current_step_index or 0) >= len(spec.strategy.canary.steps):
+        return False
+    last = status.analysis.last_run_time if status.analysis else None
+    if last is None:
+        return True
+    return (now - parse_time(last)).total_seconds() >= parse_duration(analysis.interval)
+
+
+def build_queries(spec: RolloutSpec, status: RolloutStatus, namespace: str) -> list[Query]:
+    """The round's queries with {{canary}}, {{stable}}, {{namespace}}, {{inferenceService}}."""
+    analysis = spec.strategy.canary.analysis
+    if analysis is None:
+        return []
+    variables = {
+        "canary": status.canary_revision or "",
+        "stable": status.stable_revision or "",
+        "namespace": namespace,
+        "inferenceService": spec.inference_service.name,
+    }
+    return [
+        Query(
+            metric=m.name,
+            address=m.prometheus.address,
+            query=render_query(m.prometheus.query, variables),
+            timeout=parse_duration(m.prometheus.timeout),
+        )
+        for m in analysis.metrics
+    ]
+
+
+def _bounds(metric: AnalysisMetric) -> str:
+    low, high = metric.threshold_range.min, metric.threshold_range.max
+    if low is not None and high is not None:
+        return f"in [{low:g}, {high:g}]"
+    return f"<= {high:g}" if high is not None else f">= {low:g}"
+
+
+def judge(metric: AnalysisMetric, measured: Measurement | None, now: datetime) -> AnalysisResult:
+    """One metric's result: in range, out of range, or no data (then `noData` decides)."""
+    stamp = format_time(now)
+    value = measured.value if measured is not None else None
+    if value is not None and math.isnan(value):
+        value = None
+    if value is None:
+        why = (measured.error if measured is not None else None) or "no data"
+        passed = {"pass": True, "fail": False, "inconclusive": None}[metric.no_data]
+        return AnalysisResult(
+            metric=metric.name,
+            passed=passed,
+            time=stamp,
+            message=f"{why} (noData: {metric.no_data})",
+        )
+    low, high = metric.threshold_range.min, metric.threshold_range.max
+    ok = (low is None or value >= low) and (high is None or value <= high)
+    verdict = "within" if ok else "outside"
+    return AnalysisResult(
+        metric=metric.name,
+        value=value,
+        passed=ok,
+        time=stamp,
+        message=f"{value:g} is {verdict} the range ({_bounds(metric)})",
+    )
+
+
+def judge_round(
+    metrics: Sequence[AnalysisMetric], measurements: Sequence[Measurement], now: datetime
+) -> list[AnalysisResult]:
+    by_name = {m.metric: m for m in measurements}
+    return [judge(metric, by_name.get(metric.name), now) for metric in metrics]
+
+
+def round_outcome(results: Sequence[AnalysisResult]) -> tuple[Outcome, str]:
+    """Failed if any metric failed, else Inconclusive if any had no verdict, else Successful."""
+    failed = [r for r in results if r.passed is False]
+    if failed:
+        return "Failed", "; ".join(f"{r.metric}: {r.message}" for r in failed)
+    unknown = [r for r in results if r.passed is None]
+    if unknown:
+        return "Inconclusive", "; ".join(f"{r.metric}: {r.message}" for r in unknown)
+    return "Successful", "; ".join(f"{r.metric}: {r.message}" for r in results)

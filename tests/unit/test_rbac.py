@@ -1,0 +1,385 @@
+"""RBAC: the chart grants exactly rbac-rules.yaml, no wildcards, and all that the code calls."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.unit import kubetools as kt
+
+RULES_FILE = kt.CHART / "rbac-rules.yaml"
+RULES: dict[str, list[dict[str, Any]]] = yaml.safe_load(RULES_FILE.read_text())
+OPERATOR_SRC = REPO_ROOT / "operator" / "src" / "whetstone_operator"
+
+CLUSTER_SCOPED = {
+    "customresourcedefinitions",
+    "namespaces",
+    "subjectaccessreviews",
+    "clusterkopfpeerings",
+    "validatingwebhookconfigurations",
+    "mutatingwebhookconfigurations",
+}
+MODES = {
+    "cluster": {},
+    "cluster-no-webhook": {"webhook": {"enabled": False}},
+    "cluster-operator-webhooks": {"webhook": {"configurations": "operator"}},
+    "cluster-standalone": {"replicas": 1, "peering": {"enabled": False}},
+    "namespaced": {"watchNamespaces": ["ml", "research"]},
+    "namespaced-operator-webhooks-standalone": {
+        "watchNamespaces": ["ml"],
+        "webhook": {"configurations": "operator"},
+        "replicas": 1,
+        "peering": {"enabled": False},
+    },
+}
+
+
+def expected_rules(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(ClusterRole rules, per-namespace Role rules) for these values."""
+    peering = values.get("peering", {}).get("enabled", True)
+    webhook = values.get("webhook", {})
+    operator_webhooks = webhook.get("enabled", True) and webhook.get("configurations") == "operator"
+    namespaced = bool(values.get("watchNamespaces"))
+    cluster = [] if namespaced else list(RULES["namespaced"])
+    cluster += RULES["cluster"]
+    if peering and not namespaced:
+        cluster += RULES["clusterPeering"]
+    if operator_webhooks:
+        cluster += RULES["webhook"]
+    roles = []
+    if namespaced:
+        roles = RULES["namespaced"] + (RULES["namespacePeering"] if peering else [])
+    return cluster, roles
+
+
+def operator_roles(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The operator's ClusterRole and Roles: those its ServiceAccount is bound to."""
+    account = kt.one(docs, "ServiceAccount")["metadata"]["name"]
+
+    def bound(kind: str) -> set[str]:
+        return {
+            b["roleRef"]["name"]
+            for b in kt.select(docs, kind)
+            if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])
+        }
+
+    cluster_roles = [
+        r
+        for r in kt.select(docs, "ClusterRole")
+        if r["metadata"]["name"] in bound("ClusterRoleBinding")
+    ]
+    assert len(cluster_roles) == 1
+    roles = [r for r in kt.select(docs, "Role") if r["metadata"]["name"] in bound("RoleBinding")]
+    return cluster_roles[0], roles
+
+
+def _permissions(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def allowed(group: str, resource: str, verb: str) -> bool:
+    every_rule = [r for section in RULES.values() for r in section]
+    return (group, resource, verb) in _permissions(every_rule)
+
+
+# ---------------------------------------------------------------- the rules file
+
+
+def test_rules_file_has_its_sections_and_no_wildcards() -> None:
+    assert set(RULES) == {"namespaced", "cluster", "clusterPeering", "namespacePeering", "webhook"}
+    for section, rules in RULES.items():
+        for rule in rules:
+            assert set(rule) == {"apiGroups", "resources", "verbs"}, (section, rule)
+            for field in ("apiGroups", "resources", "verbs"):
+                assert rule[field] and "*" not in rule[field], (section, rule)
+                assert all("*" not in item for item in rule[field]), (section, rule)
+
+
+def test_namespaced_and_cluster_sections_hold_the_right_scopes() -> None:
+    for section, rules in RULES.items():
+        for rule in rules:
+            for resource in rule["resources"]:
+                cluster_scoped = resource.split("/")[0] in CLUSTER_SCOPED
+                assert cluster_scoped == (section in {"cluster", "clusterPeering", "webhook"}), (
+                    f"{resource} in section {section}"
+                )
+
+
+@pytest.mark.parametrize(
+    ("group", "resource", "verbs"),
+    [
+        ("whetstone.dev", "finetunejobs", "get list watch patch update"),
+        ("whetstone.dev", "finetunejobs/status", "get patch update"),
+        ("whetstone.dev", "modelversions", "create"),
+        ("whetstone.dev", "rollouts/status", "patch"),
+        ("batch", "jobs", "get list watch create delete patch"),
+        ("", "configmaps", "create delete patch"),
+        ("", "services", "create delete patch"),
+        ("", "pods", "get list watch"),
+        ("", "pods/log", "get"),
+        ("", "events", "create patch"),
+        ("events.k8s.io", "events", "create patch"),
+        ("serving.kserve.io", "inferenceservices", "get list watch patch update"),
+        ("kopf.dev", "clusterkopfpeerings", "get list watch patch"),
+        ("kopf.dev", "kopfpeerings", "get list watch patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"),
+        ("", "namespaces", "get list watch"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create patch"),
+    ],
+)
+def test_the_operator_may_do_what_it_needs(group: str, resource: str, verbs: str) -> None:
+    for verb in verbs.split():
+        assert allowed(group, resource, verb), (group, resource, verb)
+
+
+@pytest.mark.parametrize(
+    ("group", "resource", "verb"),
+    [
+        ("", "secrets", "get"),
+        ("", "secrets", "list"),
+        ("", "pods", "create"),
+        ("", "pods", "delete"),
+        ("", "pods/exec", "create"),
+        ("whetstone.dev", "finetunejobs", "delete"),
+        ("whetstone.dev", "modelversions", "approve"),
+        ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "patch"),
+    ],
+)
+def test_the_operator_may_not_do_more(group: str, resource: str, verb: str) -> None:
+    assert not allowed(group, resource, verb)
+
+
+# ---------------------------------------------------------------- the rendered chart
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_operator_rules_equal_the_rules_file(mode: str) -> None:
+    values = MODES[mode]
+    docs = kt.render(values)
+    cluster_role, roles = operator_roles(docs)
+    want_cluster, want_roles = expected_rules(values)
+    assert cluster_role["rules"] == want_cluster
+    namespaces = values.get("watchNamespaces", [])
+    assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
+    for role in roles:
+        assert role["rules"] == want_roles
+    bindings = kt.select(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(namespaces)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_rendered_rule_uses_a_wildcard(mode: str) -> None:
+    docs = kt.render(MODES[mode])
+    for role in kt.select(docs, "ClusterRole") + kt.select(docs, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                assert not any("*" in item for item in rule.get(field, [])), (
+                    role["metadata"]["name"],
+                    rule,
+                )
+
+
+def test_kustomize_base_grants_the_same_rules() -> None:
+    docs = kt.parse((REPO_ROOT / "manifests" / "base" / "whetstone.yaml").read_text())
+    cluster_role, roles = operator_roles(docs)
+    assert cluster_role["rules"] == expected_rules({})[0]
+    assert roles == []
+
+
+def test_roles_for_people() -> None:
+    docs = kt.render()
+    approver = kt.one(docs, "ClusterRole", "whetstone-approver")
+    assert approver["rules"] == [
+        {
+            "apiGroups": ["whetstone.dev"],
+            "resources": ["modelversions"],
+            "verbs": ["get", "list", "watch", "patch", "approve"],
+        }
+    ]
+    view = kt.one(docs, "ClusterRole", "whetstone-aggregate-to-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert _permissions(view["rules"]) >= {("whetstone.dev", "rollouts", "watch")}
+    assert {v for _, _, v in _permissions(view["rules"])} == {"get", "list", "watch"}
+    edit = kt.one(docs, "ClusterRole", "whetstone-aggregate-to-edit")
+    labels = edit["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert ("whetstone.dev", "finetunejobs", "create") in _permissions(edit["rules"])
+    assert "approve" not in {v for _, _, v in _permissions(edit["rules"])}
+    off = kt.render({"rbac": {"userRoles": False}})
+    assert {r["metadata"]["name"] for r in kt.select(off, "ClusterRole")} == {"whetstone"}
+
+
+def test_namespaced_installs_can_coexist() -> None:
+    first = kt.render({"watchNamespaces": ["a"], "rbac": {"userRoles": False}}, namespace="ops-a")
+    second = kt.render({"watchNamespaces": ["b"], "rbac": {"userRoles": False}}, namespace="ops-b")
+
+    def cluster_scoped(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {
+            (d["kind"], d["metadata"]["name"]) for d in docs if "namespace" not in d["metadata"]
+        }
+
+    assert not cluster_scoped(first) & cluster_scoped(second)
+
+
+# ---------------------------------------------------------------- what the operator code calls
+
+# kubernetes client method name -> (API group, resource); verbs come from the method prefix.
+CLIENT_RESOURCES = {
+    "job": ("batch", "jobs"),
+    "config_map": ("", "configmaps"),
+    "service": ("", "services"),
+    "pod": ("", "pods"),
+    "pod_log": ("", "pods/log"),
+    "event": ("", "events"),
+    "namespace": ("", "namespaces"),
+    "subject_access_review": ("authorization.k8s.io", "subjectaccessreviews"),
+    "custom_resource_definition": ("apiextensions.k8s.io", "customresourcedefinitions"),
+    "validating_webhook_configuration": (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+    ),
+    "mutating_webhook_configuration": (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+    ),
+}
+# Cluster-scoped kinds: their client methods carry no `namespaced_` or `cluster_`.
+CLUSTER_CLIENT_KINDS = {
+    "namespace",
+    "subject_access_review",
+    "custom_resource_definition",
+    "validating_webhook_configuration",
+    "mutating_webhook_configuration",
+}
+CLIENT_VERBS = {
+    "read": "get",
+    "get": "get",
+    "list": "list",
+    "create": "create",
+    "patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+    "delete_collection": "deletecollection",
+}
+_CLIENT_METHOD = re.compile(
+    r"^(read|get|list|create|patch|replace|delete_collection|delete)_(namespaced_|cluster_)?"
+    r"([a-z_]+?)(_status|_for_all_namespaces)?$"
+)
+# Resources kopf handlers may name, by plural.
+KOPF_RESOURCES = {
+    "finetunejobs": "whetstone.dev",
+    "modelversions": "whetstone.dev",
+    "rollouts": "whetstone.dev",
+    "jobs": "batch",
+    "pods": "",
+    "configmaps": "",
+    "services": "",
+    "inferenceservices": "serving.kserve.io",
+}
+
+
+def _sources() -> list[Path]:
+    return sorted(OPERATOR_SRC.rglob("*.py"))
+
+
+def client_calls(text: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every kubernetes-client call in a source text."""
+    found = set()
+    for node in ast.walk(ast.parse(text)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        match = _CLIENT_METHOD.match(node.func.attr)
+        if match is None:
+            continue
+        verb, scope, kind, suffix = match.groups()
+        if not (scope or suffix == "_for_all_namespaces" or kind in CLUSTER_CLIENT_KINDS):
+            continue  # not a kubernetes client method (path.read_text, our own wrappers)
+        if kind == "custom_object":
+            # Group and plural are arguments: known plurals among the literal ones.
+            literals = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            pairs = [(KOPF_RESOURCES[v], v) for v in literals if v in KOPF_RESOURCES]
+        elif kind in CLIENT_RESOURCES:
+            pairs = [CLIENT_RESOURCES[kind]]
+        else:
+            raise AssertionError(
+                f"the operator calls {node.func.attr}: add its resource to CLIENT_RESOURCES "
+                "here and its permission to charts/whetstone/rbac-rules.yaml"
+            )
+        status = "/status" if suffix == "_status" else ""
+        found |= {(group, resource + status, CLIENT_VERBS[verb]) for group, resource in pairs}
+    return found
+
+
+def kopf_watches(text: str) -> set[tuple[str, str, str]]:
+    """Permissions kopf needs for the resources handlers are registered on."""
+    found = set()
+    for node in ast.walk(ast.parse(text)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        dotted = ast.unparse(node.func)
+        # Admission handlers are called by the API server: they watch nothing.
+        if dotted in {"kopf.on.startup", "kopf.on.cleanup", "kopf.on.validate", "kopf.on.mutate"}:
+            continue
+        if not dotted.startswith(("kopf.on.", "kopf.index", "kopf.timer", "kopf.daemon")):
+            continue
+        literals = [a.value for a in node.args if isinstance(a, ast.Constant)]
+        plurals = [v for v in literals if isinstance(v, str) and v in KOPF_RESOURCES]
+        for plural in plurals:
+            group = KOPF_RESOURCES[plural]
+            verbs = ["get", "list", "watch"]
+            if dotted not in {"kopf.index", "kopf.on.event"}:
+                verbs.append("patch")  # kopf records progress and finalizers on the object
+            found |= {(group, plural, verb) for verb in verbs}
+    return found
+
+
+def test_the_scanners_find_calls() -> None:
+    sample = (
+        "batch.create_namespaced_job(ns, body)\n"
+        "core.read_namespaced_pod_log(name, ns)\n"
+        "core.patch_namespaced_config_map(name, ns, body)\n"
+        "@kopf.on.create(GROUP, VERSION, 'finetunejobs')\n"
+        "def f(**_): pass\n"
+        "@kopf.index('batch', 'v1', 'jobs')\n"
+        "def g(**_): pass\n"
+    )
+    assert client_calls(sample) == {
+        ("batch", "jobs", "create"),
+        ("", "pods/log", "get"),
+        ("", "configmaps", "patch"),
+    }
+    assert ("whetstone.dev", "finetunejobs", "patch") in kopf_watches(sample)
+    assert ("batch", "jobs", "watch") in kopf_watches(sample)
+    assert ("batch", "jobs", "patch") not in kopf_watches(sample)
+    assert client_calls(
+        "api.patch_namespaced_custom_object_status(G, V, ns, 'rollouts', n, b)"
+    ) == {("whetstone.dev", "rollouts/status", "patch")}
+    assert client_calls("path.read_text()\nk8s.patch_rollout_status(ns, n, p)") == set()
+    assert client_calls("authz.create_subject_access_review(body)") == {
+        ("authorization.k8s.io", "subjectaccessreviews", "create")
+    }
+    with pytest.raises(AssertionError, match="read_namespaced_secret"):
+        client_calls("core.read_namespaced_secret(name, ns)")
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(OPERATOR_SRC)))
+def test_what_the_operator_code_calls_is_granted(path: Path) -> None:
+    text = path.read_text()
+    needed = client_calls(text) | kopf_watches(text)
+    missing = sorted(p for p in needed if not allowed(*p))
+    assert not missing, f"{path.name} needs {missing}: add them to {RULES_FILE.name}"

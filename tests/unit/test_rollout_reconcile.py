@@ -1,0 +1,440 @@
+"""decide_rollout and its KServe view: which ModelVersion may be used, the predictor patch,
+the deployments written to ModelVersions, and the status patch."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+
+from whetstone_operator.api.rollout import PredictorStorage
+from whetstone_operator.reconcile.rollout import (
+    PatchPredictor,
+    RolloutObject,
+    SetDeployment,
+    VersionInfo,
+    World,
+    decide_rollout,
+    merge_patch,
+    serving_version,
+    version_problem,
+)
+from whetstone_operator.rollout import (
+    build_predictor_patch,
+    candidate_storage,
+    check_ready,
+    service_view,
+)
+from whetstone_operator.rollout.kserve import ADAPTER_PATH, BASE_PATH, Desired
+
+from tests.conftest import REPO_ROOT
+
+NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
+SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/rollout.yaml").read_text())
+OK = {"ArtifactVerified": "True", "GatesPassed": "True"}
+
+
+def version(name: str, uri: str, phase: str = "Approved", **kw: Any) -> VersionInfo:
+    return VersionInfo(name=name, phase=phase, conditions=OK, artifact_uri=uri, **kw)
+
+
+V1 = version("grader-v1", "s3://models/grader/v1/", "Serving")
+V2 = version("grader-v2", "s3://models/grader/v2/")
+
+
+def isvc(
+    uri: str = "s3://models/grader/v1/",
+    percent: int | None = None,
+    generation: int = 1,
+    observed: int = 1,
+    traffic: list[tuple[str, int, bool]] | None = None,
+    ready: bool = True,
+    created: str = "grader-predictor-00001",
+    ready_rev: str = "grader-predictor-00001",
+) -> dict[str, Any]:
+    predictor: dict[str, Any] = {
+        "model": {"modelFormat": {"name": "huggingface"}, "storageUri": uri}
+    }
+    if percent is not None:
+        predictor["canaryTrafficPercent"] = percent
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "grader", "namespace": "ml", "generation": generation},
+        "spec": {"predictor": predictor},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": created,
+                    "latestReadyRevision": ready_rev,
+                    "traffic": [
+                        {"revisionName": r, "percent": p, "latestRevision": latest}
+                        for r, p, latest in (traffic or [("grader-predictor-00001", 100, True)])
+                    ],
+                }
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("info", "reason", "text"),
+    [
+        (None, "ModelVersionNotFound", "not found"),
+        (
+            version("v", "s3://a/", "Verified"),
+            "ModelVersionNotApproved",
+            "is Verified, not Approved: approve it first",
+        ),
+        (
+            version("v", "s3://a/", "Pending"),
+            "ModelVersionNotApproved",
+            "wait for its artifact check",
+        ),
+        (version("v", "s3://a/", "Rejected"), "ModelVersionNotApproved", "pick another version"),
+        (version("v", "s3://a/", None), "ModelVersionNotApproved", "not yet reconciled"),
+        (
+            VersionInfo(
+                name="v",
+                phase="Approved",
+                conditions={"ArtifactVerified": "True"},
+                artifact_uri="s3://a/",
+            ),
+            "ModelVersionNotReady",
+            "GatesPassed is missing",
+        ),
+        (
+            VersionInfo(
+                name="v",
+                phase="Approved",
+                conditions={**OK, "GatesPassed": "False"},
+                artifact_uri="s3://a/",
+            ),
+            "ModelVersionNotReady",
+            "GatesPassed is False",
+        ),
+    ],
+    ids=[
+        "unknown",
+        "verified",
+        "pending",
+        "rejected",
+        "no phase",
+        "no gates condition",
+        "gates false",
+    ],
+)
+def test_version_problem(info: VersionInfo | None, reason: str, text: str) -> None:
+    problem = version_problem("v", info)
+    assert problem is not None
+    assert problem[0] == reason
+    assert text in problem[1]
+
+
+@pytest.mark.parametrize("phase", ["Approved", "Serving"])
+def test_usable_versions(phase: str) -> None:
+    assert version_problem("v", version("v", "s3://a/", phase)) is None
+
+
+def test_adapter_storage_keeps_the_base_model_beside_the_adapter() -> None:
+    storage = candidate_storage("s3://m/adapter/", "adapter", "hf://org/base")
+    assert storage.wire() == {
+        "storageUris": [
+            {"uri": "hf://org/base", "path": BASE_PATH},
+            {"uri": "s3://m/adapter/", "path": ADAPTER_PATH},
+        ]
+    }
+    patch = build_predictor_patch(Desired(storage, 5))
+    assert patch == {
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 5,
+                "model": {"storageUri": None, "storageUris": storage.wire()["storageUris"]},
+            }
+        }
+    }
+    merged = build_predictor_patch(Desired(candidate_storage("s3://m/v2/", "merged", None), None))
+    assert merged["spec"]["predictor"] == {
+        "canaryTrafficPercent": None,
+        "model": {"storageUri": "s3://m/v2/", "storageUris": None},
+    }
+
+
+def test_serving_version_matches_storage_up_to_a_trailing_slash() -> None:
+    view = service_view(isvc(uri="s3://models/grader/v1"))
+    assert serving_version(view, {"grader-v1": V1, "grader-v2": V2}) == "grader-v1"
+    assert serving_version(service_view(isvc(uri="s3://other/")), {"grader-v1": V1}) is None
+
+
+@pytest.mark.parametrize(
+    ("obj", "desired", "ok", "text"),
+    [
+        (
+            isvc(),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 5),
+            False,
+            "desired spec",
+        ),
+        (
+            isvc(uri="s3://models/grader/v2/", percent=5, generation=2, observed=1),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 5),
+            False,
+            "not yet observed generation 2",
+        ),
+        (
+            isvc(uri="s3://models/grader/v2/", percent=5, generation=2, observed=2, created="r2"),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 5),
+            False,
+            "revision r2 is not ready yet",
+        ),
+        (
+            isvc(uri="s3://models/grader/v2/", percent=5, generation=2, observed=2, ready=False),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 5),
+            False,
+            "not Ready",
+        ),
+        (
+            isvc(
+                uri="s3://models/grader/v2/",
+                percent=25,
+                generation=3,
+                observed=3,
+                created="r2",
+                ready_rev="r2",
+                traffic=[("r2", 5, True), ("grader-predictor-00001", 95, False)],
+            ),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 25),
+            False,
+            "r2 has 5% of the traffic, waiting for 25%",
+        ),
+        (
+            isvc(
+                uri="s3://models/grader/v2/",
+                percent=25,
+                generation=3,
+                observed=3,
+                created="r2",
+                ready_rev="r2",
+                traffic=[("r2", 25, True), ("grader-predictor-00001", 75, False)],
+            ),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), 25),
+            True,
+            "r2 is ready with 25%",
+        ),
+        (
+            isvc(
+                uri="s3://models/grader/v2/",
+                generation=4,
+                observed=4,
+                created="r2",
+                ready_rev="r2",
+                traffic=[("r2", 100, True)],
+            ),
+            Desired(PredictorStorage(storage_uri="s3://models/grader/v2/"), None),
+            True,
+            "100%",
+        ),
+    ],
+    ids=[
+        "spec not patched yet",
+        "KServe behind",
+        "canary revision not ready",
+        "service not ready",
+        "old split still applied",
+        "split applied",
+        "promoted",
+    ],
+)
+def test_check_ready(obj: dict[str, Any], desired: Desired, ok: bool, text: str) -> None:
+    got, why = check_ready(service_view(obj), desired)
+    assert got is ok
+    assert text in why
+
+
+def rollout(status: dict[str, Any] | None = None, **annotations: str) -> RolloutObject:
+    spec = copy.deepcopy(SAMPLE["spec"])
+    spec["modelVersion"] = "grader-v2"
+    spec["strategy"]["canary"]["steps"] = [{"setWeight": 5}, {"pause": {}}, {"setWeight": 100}]
+    del spec["strategy"]["canary"]["analysis"]
+    return RolloutObject(
+        name="grader",
+        namespace="ml",
+        generation=1,
+        spec=spec,
+        status=status or {},
+        annotations=annotations,
+    )
+
+
+def test_first_reconcile_patches_the_predictor_and_records_both_deployments() -> None:
+    world = World(service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": V2})
+    decision = decide_rollout(rollout(), world, NOW)
+    assert decision.actions == [
+        PatchPredictor(
+            "grader",
+            {
+                "spec": {
+                    "predictor": {
+                        "canaryTrafficPercent": 5,
+                        "model": {"storageUri": "s3://models/grader/v2/", "storageUris": None},
+                    }
+                }
+            },
+        ),
+        SetDeployment(
+            "grader-v1",
+            {
+                "rollout": "grader",
+                "inferenceService": "grader",
+                "trafficPercent": 95,
+                "role": "stable",
+            },
+        ),
+        SetDeployment(
+            "grader-v2",
+            {
+                "rollout": "grader",
+                "inferenceService": "grader",
+                "trafficPercent": 5,
+                "role": "canary",
+            },
+        ),
+    ]
+    status = decision.status
+    assert status["phase"] == "Progressing"
+    assert status["stableModelVersion"] == "grader-v1"
+    assert status["stableStorage"] == {"storageUri": "s3://models/grader/v1/"}
+    assert status["stableRevision"] == "grader-predictor-00001"
+    assert status["observedGeneration"] == 1
+    assert {c["type"] for c in status["conditions"]} >= {
+        "Valid",
+        "ModelVersionReady",
+        "Progressing",
+    }
+    assert [e.reason for e in decision.events] == ["ModelVersionReady", "Started"]
+
+
+def test_unapproved_version_is_refused_without_touching_anything() -> None:
+    verified = version("grader-v2", "s3://models/grader/v2/", "Verified")
+    world = World(service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": verified})
+    decision = decide_rollout(rollout(), world, NOW)
+    assert decision.actions == []
+    assert decision.status["phase"] == "Pending"
+    (cond,) = [c for c in decision.status["conditions"] if c["type"] == "ModelVersionReady"]
+    assert cond["status"] == "False"
+    assert cond["message"] == "ModelVersion grader-v2 is Verified, not Approved: approve it first"
+    again = decide_rollout(rollout(decision.status), world, NOW + timedelta(seconds=10))
+    assert again.events == []  # the refusal is reported once, not at every resync
+
+
+def test_promotion_moves_deployments_and_supersedes_the_old_stable() -> None:
+    promoting = {
+        "phase": "Progressing",
+        "currentStepIndex": 3,
+        "canaryWeight": 100,
+        "stableModelVersion": "grader-v1",
+        "canaryModelVersion": "grader-v2",
+        "stableStorage": {"storageUri": "s3://models/grader/v1/"},
+        "stableRevision": "grader-predictor-00001",
+        "canaryRevision": "r2",
+    }
+    on_v1 = {
+        "rollout": "grader",
+        "inferenceService": "grader",
+        "trafficPercent": 0,
+        "role": "stable",
+    }
+    on_v2 = {
+        "rollout": "grader",
+        "inferenceService": "grader",
+        "trafficPercent": 100,
+        "role": "canary",
+    }
+    other = {"rollout": "other", "inferenceService": "x", "trafficPercent": 100, "role": "stable"}
+    versions = {
+        "grader-v1": version(
+            "grader-v1", "s3://models/grader/v1/", "Serving", deployments=(on_v1, other)
+        ),
+        "grader-v2": version(
+            "grader-v2", "s3://models/grader/v2/", "Serving", deployments=(on_v2,)
+        ),
+    }
+    served = isvc(
+        uri="s3://models/grader/v2/",
+        generation=5,
+        observed=5,
+        created="r2",
+        ready_rev="r2",
+        traffic=[("r2", 100, True)],
+    )
+    decision = decide_rollout(rollout(promoting), World(service_view(served), versions), NOW)
+    assert decision.status["phase"] == "Succeeded"
+    assert decision.status["stableModelVersion"] == "grader-v2"
+    assert decision.actions == [
+        SetDeployment("grader-v1", None, "grader-v2"),
+        SetDeployment("grader-v2", {**on_v2, "role": "stable"}),
+    ]
+
+
+def test_abort_annotation_restores_the_stable_storage_at_zero() -> None:
+    running = {
+        "phase": "Paused",
+        "currentStepIndex": 1,
+        "canaryWeight": 5,
+        "stableModelVersion": "grader-v1",
+        "canaryModelVersion": "grader-v2",
+        "stableStorage": {"storageUri": "s3://models/grader/v1/"},
+        "stableRevision": "grader-predictor-00001",
+        "canaryRevision": "r2",
+        "stepStartTime": "2026-11-22T19:59:00Z",
+    }
+    served = isvc(
+        uri="s3://models/grader/v2/",
+        percent=5,
+        generation=2,
+        observed=2,
+        created="r2",
+        ready_rev="r2",
+        traffic=[("r2", 5, True), ("grader-predictor-00001", 95, False)],
+    )
+    world = World(service_view(served), {"grader-v1": V1, "grader-v2": V2})
+    decision = decide_rollout(rollout(running, **{"whetstone.dev/abort": "now"}), world, NOW)
+    assert decision.actions[0] == PatchPredictor(
+        "grader",
+        {
+            "spec": {
+                "predictor": {
+                    "canaryTrafficPercent": 0,
+                    "model": {"storageUri": "s3://models/grader/v1/", "storageUris": None},
+                }
+            }
+        },
+    )
+    assert decision.status["phase"] == "Aborted"
+    assert decision.status["handledCommands"] == {"abort": "now"}
+    assert decision.status["stepStartTime"] is None  # removed by the merge patch
+    assert "whetstone.dev/abort=now" in decision.status["abortReason"]
+
+
+def test_invalid_spec_is_reported_and_nothing_is_touched() -> None:
+    obj = rollout()
+    obj.spec["strategy"]["canary"]["steps"] = [{"setWeight": 50}]
+    decision = decide_rollout(obj, World(service_view(isvc()), {"grader-v2": V2}), NOW)
+    assert decision.actions == []
+    assert decision.status["phase"] == "Pending"
+    assert "must be 100" in decision.status["message"]
+
+
+def test_merge_patch_removes_nested_keys() -> None:
+    before = {"a": 1, "s": {"storageUri": "x"}, "gone": True, "same": [1]}
+    after = {"a": 2, "s": {"storageUris": [{"uri": "y"}]}, "same": [1]}
+    assert merge_patch(before, after) == {
+        "a": 2,
+        "s": {"storageUri": None, "storageUris": [{"uri": "y"}]},
+        "gone": None,
+    }
