@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import random
@@ -12,6 +13,24 @@ import kopf
 
 from whetstone_operator import handlers  # noqa: F401  (registers the handlers)
 from whetstone_operator.settings import OperatorOptions, configure
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        obj = getattr(record, "k8s_ref", None)
+        if isinstance(obj, dict):
+            entry["object"] = {k: obj.get(k) for k in ("namespace", "name", "kind") if obj.get(k)}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def _parse(argv: list[str] | None) -> OperatorOptions:
@@ -91,7 +110,12 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
 
 def main(argv: list[str] | None = None) -> int:
     options = _parse(argv)
-    logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO)
+    handler = logging.StreamHandler()
+    if options.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO, handlers=[handler]
+    )
     configure(options)
     if options.webhook_port:
         from whetstone_operator import webhooks  # noqa: F401  (registers admission handlers)

@@ -72,8 +72,6 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.execution.max_workers = 20
-    if OPTIONS.log_format == "json":
-        settings.posting.enabled = True
     if OPTIONS.webhook_port:
         settings.admission.server = kopf.WebhookServer(
             addr=OPTIONS.webhook_addr,
