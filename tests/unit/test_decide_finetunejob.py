@@ -83,7 +83,7 @@ CASES: dict[str, Case] = {
         observed=Observed(),
         phase="Validating",
         actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
-        event_reasons=["Accepted", "ValidationStarted"],
+        event_reasons=["ValidationStarted"],
     ),
     "invalid spec creates nothing and names the field": Case(
         status={},
@@ -134,7 +134,7 @@ CASES: dict[str, Case] = {
             )
         ),
         phase="Running",
-        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-train-1"],
+        actions=["Create Job/grader-v3-train-1"],
         event_reasons=["TrainingStarted"],
         check=lambda s: s["dataReport"]["redacted"] == {"email": 2} and s["attempt"] == 1,
     ),
@@ -143,11 +143,7 @@ CASES: dict[str, Case] = {
         spec={**SPEC, "resources": {**SPEC["resources"], "nodes": 2}},
         observed=Observed(),
         phase="Running",
-        actions=[
-            "Create ConfigMap/grader-v3-trainer-config",
-            "Create Service/grader-v3-ranks",
-            "Create Job/grader-v3-train-1",
-        ],
+        actions=["Create Service/grader-v3-ranks", "Create Job/grader-v3-train-1"],
         event_reasons=["TrainingStarted"],
     ),
     "running copies the trainer's progress": Case(

@@ -296,6 +296,7 @@ class _Builder:
         self.status = status.model_copy(deep=True)
         self.now = now
         self.decision = Decision()
+        self._phase_event: EventSpec | None = None
 
     def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
         value: ConditionStatus = "Unknown" if ok is None else ("True" if ok else "False")
@@ -305,9 +306,12 @@ class _Builder:
 
     def phase(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
         if self.status.phase != phase:
-            self.decision.events.append(
-                EventSpec("Warning" if warning else "Normal", reason, message)
-            )
+            event = EventSpec("Warning" if warning else "Normal", reason, message)
+            # Several transitions in one reconcile post one Event: the last one tells the story.
+            if self._phase_event is not None:
+                self.decision.events.remove(self._phase_event)
+            self.decision.events.append(event)
+            self._phase_event = event
         self.status.phase = phase  # type: ignore[assignment]
         self.status.message = message
 
@@ -432,10 +436,13 @@ def _decide_training(
         attempt = b.status.attempt + 1
         tjob = None
     if tjob is None:
-        config = build_trainer_config(
-            owner.name, owner.namespace, spec, progress_port=defaults.progress_port
-        )
-        b.decision.actions.append(Create(build_config_map(owner, config)))
+        if attempt > 1:
+            # The config was written with the validation Job; a new run re-asserts it in case
+            # it was removed while the job was suspended.
+            config = build_trainer_config(
+                owner.name, owner.namespace, spec, progress_port=defaults.progress_port
+            )
+            b.decision.actions.append(Create(build_config_map(owner, config)))
         if spec.resources.nodes > 1:
             b.decision.actions.append(Create(build_rendezvous_service(owner)))
         b.decision.actions.append(Create(build_trainer_job(owner, spec, defaults, attempt)))
