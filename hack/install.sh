@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 case "$what" in
   trainer) extras="trainer,operator" ;;
-  all) extras="operator,trainer,dev" ;;
+  all) extras="operator,trainer,qlora,dev" ;;
   *) echo "usage: hack/install.sh [trainer|all]" >&2; exit 2 ;;
 esac
 # torch is pinned on the same line so pip takes the CPU wheel and never a CUDA build;

@@ -23,7 +23,7 @@ from whetstone_operator.reconcile.finetunejob import (
     model_version_name,
 )
 from whetstone_operator.render.workload import TrainerDefaults
-from whetstone_trainer.result import Progress
+from whetstone_trainer.result import CheckpointInfo, Progress
 
 from tests.conftest import REPO_ROOT
 
@@ -151,10 +151,15 @@ CASES: dict[str, Case] = {
         observed=Observed(
             trainer_job=tjob(active=1, pods=(pod("Running", ip="10.0.0.5"),)),
             progress=Progress(step=30, total_steps=100, percent=30, loss=1.2),
+            checkpoints=(CheckpointInfo(step=20, uri="s3://m/ckpt-20/", eval_loss=1.4),),
         ),
         phase="Running",
         actions=[],
-        check=lambda s: s["progress"]["percent"] == 30 and s["message"] == "step 30/100",
+        check=lambda s: (
+            s["progress"]["percent"] == 30
+            and s["message"] == "step 30/100"
+            and s["checkpoints"] == [{"step": 20, "uri": "s3://m/ckpt-20/", "evalLoss": 1.4}]
+        ),
     ),
     "success registers exactly one ModelVersion": Case(
         status=RUNNING,

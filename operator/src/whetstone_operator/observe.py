@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from whetstone_operator.reconcile.finetunejob import JobView, PodView, VersionView
 from whetstone_operator.render.workload import COMPLETION_INDEX_ANNOTATION
-from whetstone_trainer.result import Progress
+from whetstone_trainer.result import CheckpointInfo, Progress
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +107,39 @@ def version_views(entries: Iterable[Mapping[str, Any]]) -> tuple[VersionView, ..
     )
 
 
-def fetch_progress(job: JobView | None, port: int, timeout: float = 2.0) -> Progress | None:
-    """GET the rank-0 trainer's progress endpoint; None when unreachable or unreadable."""
+def _rank0_address(job: JobView | None) -> str | None:
     if job is None or job.complete or job.failed_reason:
         return None
     running = [p for p in job.pods if p.phase == "Running" and p.ip]
     if not running:
         return None
     pod = min(running, key=lambda p: p.index)
-    url = f"http://{pod.ip}:{port}/progress"
+    return str(pod.ip)
+
+
+def _get_json(url: str, timeout: float) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def fetch_progress(
+    job: JobView | None, port: int, timeout: float = 2.0
+) -> tuple[Progress | None, tuple[CheckpointInfo, ...] | None]:
+    """GET the rank-0 trainer's /progress and /checkpoints; None where unreachable."""
+    ip = _rank0_address(job)
+    if ip is None:
+        return None, None
+    base = f"http://{ip}:{port}"
+    progress: Progress | None = None
+    checkpoints: tuple[CheckpointInfo, ...] | None = None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return Progress.model_validate(json.loads(response.read()))
+        progress = Progress.model_validate(_get_json(f"{base}/progress", timeout))
     except (OSError, ValueError, ValidationError) as exc:
-        log.debug("progress of %s unavailable: %s", pod.name, exc)
-        return None
+        log.debug("progress at %s unavailable: %s", base, exc)
+        return None, None
+    try:
+        raw = _get_json(f"{base}/checkpoints", timeout)
+        checkpoints = tuple(CheckpointInfo.model_validate(c) for c in raw)
+    except (OSError, ValueError, TypeError, ValidationError) as exc:
+        log.debug("checkpoints at %s unavailable: %s", base, exc)
+    return progress, checkpoints

@@ -1,1 +1,1 @@
-"""Whetstone trainer: fine-tunes a base model from a TrainerConfig and writes a verified artifact."""
+"""Whetstone trainer: fine-tunes a base model from a TrainerConfig, writes a verified artifact."""

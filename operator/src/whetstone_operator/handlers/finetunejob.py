@@ -73,12 +73,14 @@ def reconcile_finetunejob(
         vname = validation_job_name(name)
         tname = trainer_job_name(name, attempt)
         tjob = job_view(one_of(ws_jobs, (namespace, tname)), all_of(ws_pods, (namespace, tname)))
+        progress, checkpoints = fetch_progress(tjob, defaults.progress_port)
         observed = Observed(
             validation_job=job_view(
                 one_of(ws_jobs, (namespace, vname)), all_of(ws_pods, (namespace, vname))
             ),
             trainer_job=tjob,
-            progress=fetch_progress(tjob, defaults.progress_port),
+            progress=progress,
+            checkpoints=checkpoints,
             model_versions=version_views(all_of(ws_versions, namespace)),
         )
         job = JobObject(

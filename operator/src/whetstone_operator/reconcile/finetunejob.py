@@ -38,7 +38,13 @@ from whetstone_operator.render.workload import (
     build_validation_job,
     trainer_job_name,
 )
-from whetstone_trainer.result import EXIT_INVALID_DATA, DataReport, Progress, TrainerResult
+from whetstone_trainer.result import (
+    EXIT_INVALID_DATA,
+    CheckpointInfo,
+    DataReport,
+    Progress,
+    TrainerResult,
+)
 
 TERMINAL = ("Succeeded", "Failed")
 WAITING_PROBLEMS = (
@@ -94,6 +100,7 @@ class Observed:
     validation_job: JobView | None = None
     trainer_job: JobView | None = None
     progress: Progress | None = None
+    checkpoints: tuple[CheckpointInfo, ...] | None = None
     model_versions: tuple[VersionView, ...] = ()
 
 
@@ -466,6 +473,8 @@ def _decide_training(
         return
     if observed.progress is not None:
         b.status.progress = observed.progress
+    if observed.checkpoints is not None:
+        b.status.checkpoints = list(observed.checkpoints[-10:])
     message = _waiting_problem(tjob) or _running_message(b.status.progress, tjob)
     b.phase("Running", "TrainingStarted", message)
 

@@ -1,0 +1,375 @@
+"""FineTuneJob end to end on the real control plane: the operator runs as a subprocess under
+the chart's RBAC, the test plays the kubelet (pod status, termination messages) and the
+trainer's progress endpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+import pytest
+import yaml
+
+from cluster import (
+    ControlPlane,
+    Kube,
+    Kubelet,
+    OperatorFactory,
+    free_port,
+    resource_path,
+    wait_for,
+)
+from tests.conftest import REPO_ROOT
+
+API = "whetstone.dev/v1alpha1"
+SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
+DIGEST = "sha256:" + "ab" * 32
+REPORT = {
+    "examples": 120,
+    "validationExamples": 12,
+    "dropped": {"duplicate": 3},
+    "redacted": {"email": 2},
+}
+RESULT = {
+    "artifactUri": "s3://models/grader/tiny/final/",
+    "artifactFormat": "merged",
+    "manifestDigest": DIGEST,
+    "metrics": {
+        "evalLoss": 0.9,
+        "perplexity": 2.46,
+        "exactMatch": 0.86,
+        "rougeL": 0.71,
+        "baseline": {"exactMatch": 0.6, "rougeL": 0.5},
+    },
+    "dataReport": {**REPORT, "datasetDigest": "sha256:" + "cd" * 32},
+    "hyperparameters": {"learningRate": 2e-5, "epochs": 3, "batchSize": 4},
+    "steps": 30,
+}
+
+
+def ftj_path(ns: str, name: str | None = None) -> str:
+    return resource_path(API, "finetunejobs", ns, name)
+
+
+def finetunejob(name: str, **spec_changes: Any) -> dict[str, Any]:
+    body = copy.deepcopy(SAMPLE)
+    body["metadata"] = {"name": name}
+    body["spec"].update(spec_changes)
+    return body
+
+
+class ProgressServer:
+    """Stands in for the trainer's progress endpoint on a loopback port."""
+
+    def __init__(self, port: int) -> None:
+        self.payload: dict[str, Any] = {}
+        self.checkpoints: list[dict[str, Any]] = []
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                data = {"/progress": outer.payload, "/checkpoints": outer.checkpoints}
+                body = json.dumps(data.get(self.path, {})).encode()
+                self.send_response(200 if self.path in data else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = HTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def progress_port() -> Iterator[ProgressServer]:
+    server = ProgressServer(free_port())
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def start_operator(
+    control_plane: ControlPlane,
+    namespace: str,
+    operator_rbac: str,
+    operator_process: OperatorFactory,
+    progress_port: ProgressServer,
+) -> Callable[[], Any]:
+    config = control_plane.sa_kubeconfig(namespace, operator_rbac)
+    env = {
+        "WHETSTONE_RESYNC_SECONDS": "1",
+        "WHETSTONE_PROGRESS_PORT": str(progress_port.server.server_port),
+        "WHETSTONE_TRAINER_IMAGE": "registry.local/whetstone-trainer:test",
+    }
+
+    def start() -> Any:
+        return operator_process(config, args=["--namespace", namespace], env=env)
+
+    return start
+
+
+def wait_status(
+    kube: Kube,
+    ns: str,
+    name: str,
+    probe: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = kube.get(ftj_path(ns, name))
+        status = obj.get("status") or {}
+        return obj if probe(status) else None
+
+    return wait_for(check, timeout=timeout, what=what)
+
+
+def jobs(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    """The FineTuneJobs' Jobs (a registered ModelVersion's verify Job is not one)."""
+    return kube.list(
+        resource_path("batch/v1", "jobs", ns), labelSelector="whetstone.dev/finetunejob"
+    )
+
+
+def set_pod_ip(kube: Kube, ns: str, pod: str, ip: str) -> None:
+    path = resource_path("v1", "pods", ns, pod, "status")
+
+    def mutate(obj: dict[str, Any]) -> dict[str, Any]:
+        obj["status"]["podIP"] = ip
+        return obj
+
+    kube.update_with_retry(path, mutate)
+
+
+def events_for(kube: Kube, ns: str, name: str) -> list[str]:
+    items = kube.list(resource_path("v1", "events", ns))
+    return [e["reason"] for e in items if e.get("involvedObject", {}).get("name") == name]
+
+
+def drive_to_training(kube: Kube, kubelet: Kubelet, ns: str, name: str) -> dict[str, Any]:
+    """Validation pod succeeds with a data report; returns the trainer Job."""
+    (vpod,) = kubelet.wait_job_pods(ns, f"{name}-validate")
+    kubelet.succeed(ns, vpod["metadata"]["name"], message=json.dumps(REPORT))
+    return wait_for(
+        lambda: next(
+            (j for j in jobs(kube, ns) if j["metadata"]["name"] == f"{name}-train-1"), None
+        ),
+        timeout=60,
+        what="the trainer Job",
+    )
+
+
+def test_happy_path_to_a_registered_model_version(
+    kube: Kube,
+    kubelet: Kubelet,
+    control_plane: ControlPlane,
+    namespace: str,
+    start_operator: Callable[[], Any],
+    progress_port: ProgressServer,
+) -> None:
+    ns, name = namespace, "grader-v3"
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Validating", "Validating")
+    (vjob,) = [j for j in jobs(kube, ns) if j["metadata"]["name"] == f"{name}-validate"]
+    vcontainer = vjob["spec"]["template"]["spec"]["containers"][0]
+    assert "--validate-only" in vcontainer["args"]
+    assert "nvidia.com/gpu" not in json.dumps(vcontainer["resources"])
+    assert vjob["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+
+    tjob = drive_to_training(kube, kubelet, ns, name)
+    pod_spec = tjob["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["image"] == "registry.local/whetstone-trainer:test"
+
+    (tpod,) = kubelet.wait_job_pods(ns, f"{name}-train-1")
+    pod_name = tpod["metadata"]["name"]
+    kubelet.run(ns, pod_name)
+    set_pod_ip(kube, ns, pod_name, "127.0.0.1")
+    progress_port.payload = {
+        "step": 12,
+        "totalSteps": 30,
+        "epoch": 1.2,
+        "percent": 40,
+        "loss": 0.91,
+        "evalLoss": 1.02,
+        "tokensPerSecond": 51000.0,
+        "eta": "2026-11-22T21:40:00Z",
+    }
+    progress_port.checkpoints = [
+        {"step": 10, "uri": "s3://models/grader/grader-v3/checkpoints/step-10/", "evalLoss": 1.1}
+    ]
+    obj = wait_status(
+        kube,
+        ns,
+        name,
+        lambda s: (s.get("progress") or {}).get("percent") == 40 and s.get("checkpoints"),
+        "progress 40% and a checkpoint in status",
+    )
+    assert obj["status"]["checkpoints"][0]["step"] == 10
+    assert obj["status"]["phase"] == "Running"
+    assert obj["status"]["dataReport"]["redacted"] == {"email": 2}
+    table = control_plane.kubectl("get", "ftj", name, "-n", ns).stdout
+    assert "Running" in table and "40" in table and "0.91" in table, table
+
+    kubelet.succeed(ns, pod_name, message=json.dumps(RESULT))
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    status = obj["status"]
+    assert status["artifactDigest"] == DIGEST
+    assert status["metrics"]["exactMatch"] == 0.86
+    mv_name = status["modelVersion"]
+    assert mv_name.startswith("grader-llama-3-2-1b-instruct-v1-")
+    mv = kube.get(resource_path(API, "modelversions", ns, mv_name))
+    assert mv["spec"]["artifact"] == {
+        "uri": RESULT["artifactUri"],
+        "format": "merged",
+        "digest": DIGEST,
+        "secretRef": {"name": "s3-creds"},
+    }
+    assert mv["spec"]["source"]["fineTuneJob"] == name
+    assert mv["spec"]["gates"] == SAMPLE["spec"]["registration"]["gates"]
+    assert len(kube.list(resource_path(API, "modelversions", ns))) == 1
+    reasons = events_for(kube, ns, name)
+    for reason in ("ValidationStarted", "TrainingStarted", "Registered", "Succeeded"):
+        assert reason in reasons, reasons
+    assert sorted(j["metadata"]["name"] for j in jobs(kube, ns)) == [
+        f"{name}-train-1",
+        f"{name}-validate",
+    ]
+
+
+def test_invalid_spec_creates_nothing_until_fixed(
+    kube: Kube, namespace: str, start_operator: Callable[[], Any]
+) -> None:
+    ns, name = namespace, "bad-spec"
+    start_operator()
+    body = finetunejob(name)
+    body["spec"]["dataset"]["validationSplit"] = 0.1  # and validation.uri: contradictory
+    kube.create(ftj_path(ns), body)
+    obj = wait_status(
+        kube,
+        ns,
+        name,
+        lambda s: any(
+            c["type"] == "Valid" and c["status"] == "False" for c in s.get("conditions", [])
+        ),
+        "Valid=False",
+    )
+    assert "spec.dataset" in obj["status"]["message"]
+    assert "validationSplit" in obj["status"]["message"]
+    assert "InvalidSpec" in events_for(kube, ns, name)
+    assert jobs(kube, ns) == []
+
+    kube.patch(ftj_path(ns, name), {"spec": {"dataset": {"validationSplit": None}}})
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Validating", "Validating after fix")
+    assert [j["metadata"]["name"] for j in jobs(kube, ns)] == [f"{name}-validate"]
+
+
+def test_bad_data_fails_without_any_gpu_pod(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[[], Any]
+) -> None:
+    ns, name = namespace, "bad-data"
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    (vpod,) = kubelet.wait_job_pods(ns, f"{name}-validate")
+    report = {
+        "examples": 0,
+        "dropped": {"invalid": 2},
+        "invalidLines": ["train.jsonl:3: not JSON", "train.jsonl:9: no assistant turn"],
+    }
+    kubelet.fail(ns, vpod["metadata"]["name"], message=json.dumps(report), exit_code=3)
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Failed", "Failed")
+    assert obj["status"]["dataReport"]["invalidLines"] == report["invalidLines"]
+    assert "train.jsonl:3" in obj["status"]["message"]
+    pods = kubelet.pods(ns)
+    assert all("nvidia.com/gpu" not in json.dumps(p["spec"]) for p in pods)
+    assert [j["metadata"]["name"] for j in jobs(kube, ns)] == [f"{name}-validate"]
+
+
+def test_operator_restart_mid_run_duplicates_nothing(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[[], Any]
+) -> None:
+    ns, name = namespace, "restarted"
+    op = start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    drive_to_training(kube, kubelet, ns, name)
+    op.process.signal_group(9)
+    op.process.popen.wait(10)
+    start_operator()
+    (tpod,) = kubelet.wait_job_pods(ns, f"{name}-train-1")
+    kubelet.succeed(ns, tpod["metadata"]["name"], message=json.dumps(RESULT))
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    assert len(jobs(kube, ns)) == 2
+    assert (
+        len(
+            kube.list(
+                resource_path("v1", "configmaps", ns), labelSelector="whetstone.dev/finetunejob"
+            )
+        )
+        == 1
+    )
+    assert len(kube.list(resource_path(API, "modelversions", ns))) == 1
+
+
+def test_delete_mid_run_garbage_collects_children(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[[], Any]
+) -> None:
+    ns, name = namespace, "deleted"
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    drive_to_training(kube, kubelet, ns, name)
+    kube.delete(ftj_path(ns, name))
+    wait_for(lambda: not jobs(kube, ns) or None, timeout=90, what="Jobs garbage-collected")
+    wait_for(
+        lambda: (
+            not kube.list(
+                resource_path("v1", "configmaps", ns), labelSelector="whetstone.dev/finetunejob"
+            )
+            or None
+        ),
+        timeout=90,
+        what="ConfigMap garbage-collected",
+    )
+
+
+def test_suspend_stops_pods_and_resume_starts_a_new_run(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[[], Any]
+) -> None:
+    ns, name = namespace, "suspended"
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    drive_to_training(kube, kubelet, ns, name)
+    kube.patch(ftj_path(ns, name), {"spec": {"suspend": True}})
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Suspended", "Suspended")
+    wait_for(
+        lambda: all(j["metadata"]["name"] != f"{name}-train-1" for j in jobs(kube, ns)) or None,
+        timeout=60,
+        what="trainer Job deleted",
+    )
+    kube.patch(ftj_path(ns, name), {"spec": {"suspend": False}})
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Running", "Running again")
+    assert obj["status"]["attempt"] == 2
+    wait_for(
+        lambda: any(j["metadata"]["name"] == f"{name}-train-2" for j in jobs(kube, ns)) or None,
+        timeout=30,
+        what="run 2 Job",
+    )
