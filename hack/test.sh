@@ -25,6 +25,7 @@ $PY -m whetstone_operator.crdgen --check
 
 step "control plane binaries, kubectl, helm"
 $PY hack/provision.py
+$PY hack/prometheus.py
 
 step "tests"
 set +e

@@ -185,6 +185,11 @@ CASES: dict[str, dict[str, Any]] = {
         "approval": Approval("alice", "t"),
         "phase": "Approved",
     },
+    "superseded while briefly at 0% is still Retired": {
+        "status": {**VERIFIED, "phase": "Approved", "supersededBy": "grader-v5"},
+        "approval": Approval("alice", "t"),
+        "phase": "Retired",
+    },
     "superseded after a promotion is Retired": {
         "status": {**VERIFIED, "phase": "Serving", "supersededBy": "grader-v5"},
         "approval": Approval("alice", "t"),

@@ -438,3 +438,27 @@ def test_merge_patch_removes_nested_keys() -> None:
         "s": {"storageUri": None, "storageUris": [{"uri": "y"}]},
         "gone": None,
     }
+
+
+def test_finished_rollout_drops_its_entry_once_the_service_moved_on() -> None:
+    done = {
+        "phase": "Succeeded",
+        "currentStepIndex": 3,
+        "canaryWeight": 100,
+        "stableModelVersion": "grader-v2",
+        "canaryModelVersion": "grader-v2",
+        "stableStorage": {"storageUri": "s3://models/grader/v2/"},
+    }
+    mine = {
+        "rollout": "grader",
+        "inferenceService": "grader",
+        "trafficPercent": 100,
+        "role": "stable",
+    }
+    versions = {
+        "grader-v2": version("grader-v2", "s3://models/grader/v2/", "Serving", deployments=(mine,))
+    }
+    still = World(service_view(isvc(uri="s3://models/grader/v2/")), versions)
+    assert decide_rollout(rollout(done), still, NOW).actions == []
+    moved = World(service_view(isvc(uri="s3://models/grader/v3/", percent=5)), versions)
+    assert decide_rollout(rollout(done), moved, NOW).actions == [SetDeployment("grader-v2", None)]

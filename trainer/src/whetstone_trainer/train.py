@@ -150,11 +150,21 @@ class Resolved:
             "loggingSteps": self.logging_steps,
             "checkpointEverySteps": self.save_steps,
             "worldSize": self.world_size,
+            "device": _device_name(),
         }
         if self.max_steps is not None:
             out["maxSteps"] = self.max_steps
         out.update(self.extra)
         return out
+
+
+def _device_name() -> str:
+    """What the run trains on, recorded with the hyperparameters (e.g. `cuda:NVIDIA H100`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return "cpu"
 
 
 def resolve_max_seq_length(config: TrainerConfig, tokenizer: Any, model_dir: Path | None) -> int:

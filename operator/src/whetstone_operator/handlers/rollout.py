@@ -1,21 +1,21 @@
 """Rollout handlers: observe (indexes, Prometheus) -> decide (pure) -> act (k8s.py) -> status.
 
-Unlike the other kinds, a Rollout run re-reads the object and writes its status itself,
-under a per-Rollout lock: kopf runs the change handlers and the resync timer concurrently,
-and a decision taken on a status another run has just moved on would repeat or undo a step
-(or count an analysis round twice).
+A Rollout is reconciled when it changes, on every resync, and whenever its InferenceService
+changes (KServe reporting the canary ready moves the step on at once). Unlike the other
+kinds, a run re-reads the object and writes its status itself, under a per-Rollout lock:
+these triggers run concurrently in kopf, and a decision taken on a status another run has
+just moved on would repeat or undo a step (or count an analysis round twice).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from prometheus_client import Counter, Gauge
@@ -36,8 +36,6 @@ from whetstone_operator.rollout import ServiceView, service_view
 
 RESYNC_SECONDS = float(os.environ.get("WHETSTONE_RESYNC_SECONDS", "10"))
 FINISHED = ("Succeeded", "Failed")
-
-log = logging.getLogger(__name__)
 
 CANARY_WEIGHT = Gauge(
     "whetstone_rollout_canary_weight", "Traffic share of the canary (%).", ["namespace", "rollout"]
@@ -131,14 +129,16 @@ def _record(namespace: str, name: str, before: str | None, decision: Decision) -
     phase = decision.phase
     metrics.record_phase("Rollout", namespace, name, phase)
     CANARY_WEIGHT.labels(namespace, name).set(decision.canary_weight)
-    history = (decision.status.get("analysis") or {}).get("history")
-    if decision.status.get("analysis", {}).get("lastRunTime") and history:
-        ANALYSIS_ROUNDS.labels(namespace, name, history[-1]["outcome"]).inc()
+    round_ = decision.status.get("analysis") or {}
+    if round_.get("lastRunTime") and round_.get("history"):
+        ANALYSIS_ROUNDS.labels(namespace, name, round_["history"][-1]["outcome"]).inc()
     if phase == "Aborted" and before != "Aborted":
         ABORTS.labels(namespace, name).inc()
 
 
-def reconcile_once(namespace: str, name: str, snapshot: _Snapshot) -> Decision | None:
+def reconcile_once(
+    namespace: str, name: str, snapshot: _Snapshot
+) -> tuple[dict[str, Any], Decision] | None:
     """One reconcile of a Rollout (blocking I/O): read, measure, decide, act, write status."""
     body = k8s.get_rollout(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
@@ -161,19 +161,19 @@ def reconcile_once(namespace: str, name: str, snapshot: _Snapshot) -> Decision |
     if decision.status:
         k8s.patch_rollout_status(namespace, name, decision.status)
     _record(namespace, name, obj.status.get("phase"), decision)
-    return decision
+    return body, decision
 
 
-async def reconcile_rollout(body: kopf.Body, **kwargs: Any) -> None:
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    service = str(((body.get("spec") or {}).get("inferenceService") or {}).get("name", ""))
+async def reconcile_rollout(
+    namespace: str, name: str, service: str, indexes: dict[str, Any]
+) -> None:
+    """Reconcile one Rollout, one run at a time per Rollout."""
     lock = _LOCKS.setdefault((namespace, name), asyncio.Lock())
     started = time.monotonic()
     metrics.RECONCILES.labels("Rollout").inc()
     async with lock:
         snapshot = _snapshot(
-            namespace, service, kwargs["ws_rollout_versions"], kwargs["ws_inference_services"]
+            namespace, service, indexes["ws_rollout_versions"], indexes["ws_inference_services"]
         )
         try:
             done = await asyncio.to_thread(reconcile_once, namespace, name, snapshot)
@@ -184,15 +184,26 @@ async def reconcile_rollout(body: kopf.Body, **kwargs: Any) -> None:
             metrics.DURATION.labels("Rollout").observe(time.monotonic() - started)
     if done is None:
         return
-    for event in done.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+    fresh, decision = done
+    for event in decision.events:
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, fresh)),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:1024],
+        )
+
+
+def _service_of(body: kopf.Body) -> str:
+    return str(((body.get("spec") or {}).get("inferenceService") or {}).get("name", ""))
 
 
 @kopf.on.resume(GROUP, VERSION, "rollouts")
 @kopf.on.create(GROUP, VERSION, "rollouts")
 @kopf.on.update(GROUP, VERSION, "rollouts")
 async def rollout_changed(body: kopf.Body, **kwargs: Any) -> None:
-    await reconcile_rollout(body, **kwargs)
+    meta = body["metadata"]
+    await reconcile_rollout(meta["namespace"], meta["name"], _service_of(body), kwargs)
 
 
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
@@ -201,7 +212,27 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 
 @kopf.timer(GROUP, VERSION, "rollouts", interval=RESYNC_SECONDS, when=_unfinished)
 async def rollout_resync(body: kopf.Body, **kwargs: Any) -> None:
-    await reconcile_rollout(body, **kwargs)
+    meta = body["metadata"]
+    await reconcile_rollout(meta["namespace"], meta["name"], _service_of(body), kwargs)
+
+
+@kopf.index(GROUP, VERSION, "rollouts")
+def ws_rollouts_by_service(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
+    """Rollout names by (namespace, InferenceService they drive)."""
+    meta = body["metadata"]
+    return {(meta["namespace"], _service_of(body)): meta["name"]}
+
+
+@kopf.on.event("serving.kserve.io", "v1beta1", "inferenceservices")
+async def inference_service_changed(body: kopf.Body, event: kopf.RawEvent, **kwargs: Any) -> None:
+    # KServe reporting a revision ready or a split applied moves the step on at once,
+    # instead of at the next resync (the step's clock starts only then).
+    if event.get("type") not in ("ADDED", "MODIFIED"):
+        return
+    meta = body["metadata"]
+    namespace, service = meta["namespace"], meta["name"]
+    for name in list(_values(kwargs["ws_rollouts_by_service"], (namespace, service))):
+        await reconcile_rollout(namespace, name, service, kwargs)
 
 
 @kopf.on.delete(GROUP, VERSION, "rollouts", optional=True)

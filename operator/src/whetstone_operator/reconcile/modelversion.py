@@ -212,7 +212,7 @@ def decide_modelversion(
     )
     if serving:
         phase("Serving", "Serving", f"serving on {serving[0].inference_service}")
-    elif before.phase in ("Serving", "Retired") and status.superseded_by:
+    elif status.superseded_by:
         phase("Retired", "Retired", f"superseded by {status.superseded_by}")
     elif is_approved:
         phase("Approved", "Approved", "approved; ready to roll out")

@@ -202,7 +202,7 @@ def _deployment(rollout: str, service: str, percent: int, role: str) -> dict[str
 
 
 def desired_deployments(
-    obj: RolloutObject, spec: RolloutSpec, status: RolloutStatus
+    obj: RolloutObject, spec: RolloutSpec, status: RolloutStatus, observed: ServiceView | None
 ) -> dict[str, dict[str, Any]]:
     """ModelVersion name -> this Rollout's deployment entry, for the versions that serve."""
     service = spec.inference_service.name
@@ -214,7 +214,15 @@ def desired_deployments(
             out[stable] = _deployment(obj.name, service, 100 - weight, "stable")
         out[canary] = _deployment(obj.name, service, weight, "canary")
     elif status.phase == "Succeeded" and stable:
-        out[stable] = _deployment(obj.name, service, 100, "stable")
+        # A finished Rollout vouches for its version only while the service still loads it
+        # (another Rollout may have moved the InferenceService on since).
+        moved_on = (
+            observed is not None
+            and status.stable_storage is not None
+            and not same_storage(observed.storage, status.stable_storage)
+        )
+        if not moved_on:
+            out[stable] = _deployment(obj.name, service, 100, "stable")
     elif stable and status.stable_storage is not None:
         # Aborted, or waiting after a reset: the stable version has all the traffic.
         out[stable] = _deployment(obj.name, service, 100, "stable")
@@ -228,6 +236,8 @@ def _deployment_actions(
     wanted: dict[str, dict[str, Any]],
 ) -> list[Action]:
     promoted = status.stable_model_version if status.phase == "Succeeded" else None
+    if promoted is not None and promoted not in wanted:
+        promoted = None  # moved on by someone else: not a promotion of ours
     actions: list[Action] = []
     for name in sorted(set(wanted) | set(versions)):
         version = versions.get(name)
@@ -281,7 +291,7 @@ def decide_rollout(obj: RolloutObject, world: World, now: datetime) -> Decision:
     if desired is not None and service is not None and not is_applied(service, desired):
         decision.actions.append(PatchPredictor(service.name, build_predictor_patch(desired)))
     decision.actions += _deployment_actions(
-        obj, after, world.versions, desired_deployments(obj, spec, after)
+        obj, after, world.versions, desired_deployments(obj, spec, after, world.service)
     )
     decision.events += result.events
     decision.status = merge_patch(raw_status, after.wire())

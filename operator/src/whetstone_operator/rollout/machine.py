@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from whetstone_operator.api.common import (
     ConditionStatus,
@@ -431,9 +431,11 @@ class _Machine:
         if current.pause is not None:
             if current.pause.duration is None:
                 return False, "Paused", f"paused at {weight}%: set annotation {PROMOTE} to continue"
-            left = parse_duration(current.pause.duration) - self.elapsed(s.step_start_time)
-            if left > 0:
-                return False, "Paused", f"pausing at {weight}% ({left:.0f}s left)"
+            length = parse_duration(current.pause.duration)
+            if self.elapsed(s.step_start_time) < length:
+                assert s.step_start_time is not None
+                until = format_time(parse_time(s.step_start_time) + timedelta(seconds=length))
+                return False, "Paused", f"paused at {weight}% until {until}"
             return True, "Progressing", ""
         assert current.analysis is not None
         need = current.analysis.successes

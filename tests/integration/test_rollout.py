@@ -1,0 +1,721 @@
+"""Rollouts against the real control plane: the operator runs as a subprocess under the chart's
+RBAC, the test plays the KServe controller, and the analysis queries a real Prometheus that
+scrapes a small exporter whose request counters the test controls."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import yaml
+from prometheus import find_or_install  # hack/, put on sys.path by cluster
+
+from whetstone_operator import analysis
+
+from cluster import (
+    REPO_ROOT,
+    ApiError,
+    ControlPlane,
+    KServe,
+    Kube,
+    ManagedProcess,
+    OperatorFactory,
+    OperatorProcess,
+    free_port,
+    make_temp_dir,
+    now_rfc3339,
+    remove_temp_dir,
+    render_chart_rbac,
+    resource_path,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+API = "whetstone.dev/v1alpha1"
+ISVC_API = "serving.kserve.io/v1beta1"
+DIGEST = "sha256:" + "ab" * 32
+V1_URI = "s3://models/grader/v1/"
+V2_URI = "s3://models/grader/v2/"
+OPERATOR_ENV = {"WHETSTONE_RESYNC_SECONDS": "1"}
+ERROR_RATE = (
+    'sum(rate(model_requests_total{{namespace="{{{{namespace}}}}",revision="{{{{canary}}}}",'
+    'code=~"5.."}}[{w}])) / sum(rate(model_requests_total{{namespace="{{{{namespace}}}}",'
+    'revision="{{{{canary}}}}"}}[{w}]))'
+).format(w="4s")
+
+
+# --------------------------------------------------------------------------- exporter
+
+
+class Exporter:
+    """Request counters per (namespace, revision, code) that grow at rates the test sets."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (namespace, revision, code) -> (count at `since`, rate per second, since)
+        self._series: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def set(self, namespace: str, revision: str, *, ok: float, errors: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for code, rate in (("200", ok), ("500", errors)):
+                key = (namespace, revision, code)
+                count, old, since = self._series.get(key, (0.0, 0.0, now))
+                self._series[key] = (count + old * (now - since), rate, now)
+
+    def render(self) -> str:
+        now = time.monotonic()
+        lines = ["# TYPE model_requests_total counter"]
+        with self._lock:
+            for (ns, rev, code), (count, rate, since) in sorted(self._series.items()):
+                value = count + rate * (now - since)
+                lines.append(
+                    f'model_requests_total{{namespace="{ns}",revision="{rev}",code="{code}"}} '
+                    f"{value:.3f}"
+                )
+        return "\n".join(lines) + "\n"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = exporter.render().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Prometheus:
+    url: str
+    exporter: Exporter
+    started_s: float
+
+    def value(self, query: str) -> float | None:
+        try:
+            return analysis.query_prometheus(self.url, query, 5.0)
+        except analysis.QueryError:
+            return None
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> Iterator[Prometheus]:
+    """Debian's Prometheus on a free loopback port, scraping the exporter every second."""
+    started = time.monotonic()
+    try:
+        binary = find_or_install()
+    except Exception as exc:
+        pytest.fail(f"no Prometheus: {exc}", pytrace=False)
+    exporter = Exporter()
+    workdir = make_temp_dir("whetstone-prom-")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "model-server",
+                        "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    proc = ManagedProcess(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        workdir / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"prometheus exited:\n{proc.tail()}")
+            try:
+                return analysis.query_prometheus(url, "up", 2.0) == 1.0
+            except analysis.QueryError:
+                return False
+
+        wait_for(ready, timeout=60, what="Prometheus scraping the exporter")
+        yield Prometheus(url, exporter, time.monotonic() - started)
+    finally:
+        proc.stop()
+        exporter.close()
+        remove_temp_dir(workdir)
+
+
+# --------------------------------------------------------------------------- KServe
+
+
+@dataclass
+class FakeKServe:
+    """Plays the KServe controller for one InferenceService: a new storage makes a new
+    revision, canaryTrafficPercent splits traffic with the last rolled-out one."""
+
+    kube: Kube
+    namespace: str
+    name: str
+    ready_delay: float = 0.3
+    revisions: list[tuple[str, Any]] = field(default_factory=list)
+    rolled_out: str | None = None
+    history: list[tuple[float, int | None, str | None]] = field(default_factory=list)
+    on_change: Callable[[int | None, str | None], None] | None = None
+    _seen: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def path(self) -> str:
+        return resource_path(ISVC_API, "inferenceservices", self.namespace, self.name)
+
+    def start(self) -> FakeKServe:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(ApiError, OSError):
+                obj = self.kube.get(self.path)
+                generation = int(obj["metadata"].get("generation", 1))
+                if generation != self._seen:
+                    self._reconcile(obj, generation)
+                    self._seen = generation
+            self._stop.wait(0.1)
+
+    def _reconcile(self, obj: dict[str, Any], generation: int) -> None:
+        predictor = obj["spec"]["predictor"]
+        model = predictor.get("model", {})
+        storage = (model.get("storageUri"), model.get("storageUris"))
+        percent = predictor.get("canaryTrafficPercent")
+        self.history.append((time.monotonic(), percent, model.get("storageUri")))
+        if self.on_change is not None:
+            self.on_change(percent, model.get("storageUri"))
+        if not self.revisions or self.revisions[-1][1] != storage:
+            self.revisions.append((f"{self.name}-predictor-{len(self.revisions) + 1:05d}", storage))
+            time.sleep(self.ready_delay)  # the new revision's pods come up
+        latest = self.revisions[-1][0]
+        previous = self.rolled_out
+        if percent is None or latest == self.rolled_out or self.rolled_out is None:
+            traffic = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
+            if percent is None or self.rolled_out is None:
+                self.rolled_out = latest
+        else:
+            traffic = [
+                {
+                    "revisionName": latest,
+                    "percent": percent,
+                    "latestRevision": True,
+                    "tag": "latest",
+                },
+                {
+                    "revisionName": self.rolled_out,
+                    "percent": 100 - percent,
+                    "latestRevision": False,
+                    "tag": "prev",
+                },
+            ]
+        stamp = now_rfc3339()
+        status = {
+            "observedGeneration": generation,
+            "url": f"http://{self.name}.{self.namespace}.example.com",
+            "conditions": [
+                {"type": t, "status": "True", "lastTransitionTime": stamp}
+                for t in ("IngressReady", "PredictorReady", "Ready")
+            ],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": latest,
+                    "latestReadyRevision": latest,
+                    "latestRolledoutRevision": self.rolled_out,
+                    "previousRolledoutRevision": previous,
+                    "traffic": traffic,
+                }
+            },
+        }
+        KServe(self.kube).set_status(self.namespace, self.name, status)
+
+    def percents(self) -> list[int | None]:
+        """canaryTrafficPercent values in the order KServe saw them, repeats collapsed."""
+        out: list[int | None] = []
+        for _, percent, _ in self.history:
+            if not out or out[-1] != percent:
+                out.append(percent)
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def mv_path(namespace: str, name: str | None = None, sub: str | None = None) -> str:
+    return resource_path(API, "modelversions", namespace, name, sub)
+
+
+def ro_path(namespace: str, name: str | None = None) -> str:
+    return resource_path(API, "rollouts", namespace, name)
+
+
+def create_model_version(
+    kube: Kube, namespace: str, name: str, version: int, uri: str, *, approved: bool = True
+) -> None:
+    kube.create(
+        mv_path(namespace),
+        {
+            "apiVersion": API,
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "model": "grader",
+                "version": version,
+                "artifact": {"uri": uri, "format": "merged", "digest": DIGEST},
+                "baseModel": {"uri": "hf://meta-llama/Llama-3.2-1B-Instruct"},
+                "approval": {"required": not approved},
+            },
+        },
+    )
+    write_model_version_status(kube, namespace, name, approved=approved)
+
+
+def write_model_version_status(kube: Kube, namespace: str, name: str, *, approved: bool) -> None:
+    """As admin, what the ModelVersion reconciler reports for a verified version."""
+    stamp = now_rfc3339()
+
+    def cond(kind: str, ok: bool) -> dict[str, str]:
+        return {
+            "type": kind,
+            "status": "True" if ok else "False",
+            "reason": "Test",
+            "message": "set by the test",
+            "lastTransitionTime": stamp,
+        }
+
+    kube.patch(
+        mv_path(namespace, name, "status"),
+        {
+            "status": {
+                "phase": "Approved" if approved else "Verified",
+                "verifiedDigest": DIGEST,
+                "conditions": [
+                    cond("ArtifactVerified", True),
+                    cond("GatesPassed", True),
+                    cond("Approved", approved),
+                ],
+            }
+        },
+    )
+
+
+def create_inference_service(kube: Kube, namespace: str, name: str = "grader") -> None:
+    kube.create(
+        resource_path(ISVC_API, "inferenceservices", namespace),
+        {
+            "apiVersion": ISVC_API,
+            "kind": "InferenceService",
+            "metadata": {"name": name},
+            "spec": {
+                "predictor": {
+                    "model": {"modelFormat": {"name": "huggingface"}, "storageUri": V1_URI}
+                }
+            },
+        },
+    )
+
+
+def rollout_body(
+    name: str,
+    model_version: str,
+    steps: list[dict[str, Any]],
+    prometheus_url: str,
+    query: str,
+    inconclusive_limit: int = 2,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {
+            "modelVersion": model_version,
+            "inferenceService": {"name": "grader"},
+            "strategy": {
+                "canary": {
+                    "steps": steps,
+                    "analysis": {
+                        "interval": "1s",
+                        "failureLimit": 0,
+                        "inconclusiveLimit": inconclusive_limit,
+                        "metrics": [
+                            {
+                                "name": "error-rate",
+                                "prometheus": {"address": prometheus_url, "query": query},
+                                "thresholdRange": {"max": 0.05},
+                            }
+                        ],
+                    },
+                }
+            },
+            "progressDeadlineSeconds": 60,
+        },
+    }
+
+
+def rollout_status(kube: Kube, namespace: str, name: str = "grader") -> dict[str, Any]:
+    return kube.get(ro_path(namespace, name)).get("status") or {}
+
+
+def wait_phase(
+    kube: Kube, namespace: str, phase: str, op: OperatorProcess, timeout: float = 60
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        status = rollout_status(kube, namespace)
+        return status if status.get("phase") == phase else None
+
+    try:
+        return wait_for(reached, timeout=timeout, what=f"Rollout phase {phase}")
+    except TimeoutError:
+        pytest.fail(
+            f"Rollout never reached {phase}: {rollout_status(kube, namespace)}\n"
+            f"operator log:\n{op.process.tail(60)}"
+        )
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def deployments(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return list((kube.get(mv_path(namespace, name)).get("status") or {}).get("deployments") or [])
+
+
+CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane, namespace: str, operator_process: OperatorFactory
+) -> Iterator[Callable[[], OperatorProcess]]:
+    """Starts the operator for `namespace` under the Helm chart's ServiceAccount and RBAC."""
+    rendered = render_chart_rbac(
+        control_plane.tools.helm,
+        REPO_ROOT / "charts" / "whetstone",
+        release=f"ro-{namespace[-6:]}",
+        namespace=namespace,
+    )
+    if rendered is None:
+        pytest.fail("the chart renders no ServiceAccount/RBAC", pytrace=False)
+    docs, account = rendered
+    control_plane.apply(yaml.safe_dump_all(docs))
+    config = control_plane.sa_kubeconfig(namespace, account)
+
+    def start() -> OperatorProcess:
+        return operator_process(config, args=["--namespace", namespace], env=OPERATOR_ENV)
+
+    try:
+        yield start
+    finally:
+        for doc in docs:
+            if doc["kind"] in CLUSTER_SCOPED:
+                control_plane.admin.delete(
+                    resource_path(
+                        "rbac.authorization.k8s.io/v1",
+                        CLUSTER_SCOPED[doc["kind"]],
+                        name=doc["metadata"]["name"],
+                    )
+                )
+
+
+def healthy(prom: Prometheus, namespace: str) -> None:
+    for rev in ("grader-predictor-00001", "grader-predictor-00002", "grader-predictor-00003"):
+        prom.exporter.set(namespace, rev, ok=20, errors=0)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    healthy(prometheus, namespace)
+    create_inference_service(kube, namespace)
+    fake = FakeKServe(kube, namespace, "grader").start()
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI, approved=False)
+        steps = [
+            {"setWeight": 5},
+            {"pause": {"duration": "2s"}},
+            {"setWeight": 25},
+            {"pause": {"duration": "8s"}},
+            {"setWeight": 50},
+            {"pause": {"duration": "2s"}},
+            {"setWeight": 100},
+        ]
+        kube.create(
+            ro_path(namespace),
+            rollout_body("grader", "grader-v2", steps, prometheus.url, ERROR_RATE),
+        )
+        op = operator()
+
+        # Refused while the candidate is only Verified: nothing touches the InferenceService.
+        pending = wait_phase(kube, namespace, "Pending", op)
+        ready = condition(pending, "ModelVersionReady")
+        assert ready.get("status") == "False", pending
+        assert "not Approved: approve it first" in ready["message"]
+        time.sleep(2)
+        assert fake.percents() == [None]
+        assert rollout_status(kube, namespace)["phase"] == "Pending"
+
+        # Approved: the rollout starts by itself on the next resync.
+        kube.patch(mv_path(namespace, "grader-v2"), {"spec": {"approval": {"required": False}}})
+        write_model_version_status(kube, namespace, "grader-v2", approved=True)
+        approved_at = time.monotonic()
+        wait_phase(kube, namespace, "Progressing", op, timeout=30)
+        started_after = time.monotonic() - approved_at
+
+        # Kill the operator during the 8s pause at 25% and start a new one.
+        def at_pause_25() -> dict[str, Any] | None:
+            status = rollout_status(kube, namespace)
+            return status if status.get("currentStepIndex") == 3 else None
+
+        before = wait_for(at_pause_25, timeout=60, what="the pause at 25%")
+        op.process.signal_group(signal.SIGKILL)
+        op.process.popen.wait(10)
+        killed_at = time.monotonic()
+        op = operator()
+        op.wait_for_log(r"Handler 'rollout_\w+' succeeded|Timer 'rollout_\w+' succeeded")
+        restarted = time.monotonic() - killed_at
+        after = rollout_status(kube, namespace)
+        if after.get("currentStepIndex") == 3:
+            assert after["stepStartTime"] == before["stepStartTime"], (before, after)
+
+        done = wait_phase(kube, namespace, "Succeeded", op, timeout=90)
+
+        def phase_of(name: str) -> str:
+            return str((kube.get(mv_path(namespace, name)).get("status") or {}).get("phase"))
+
+        # The ModelVersion reconciler derives the phases from what the Rollout wrote.
+        wait_for(lambda: phase_of("grader-v2") == "Serving", timeout=20, what="v2 Serving")
+        old_phase = phase_of("grader-v1")
+    finally:
+        fake.stop()
+
+    assert fake.percents() == [None, 5, 25, 50, 100, None], fake.history
+    assert done["stableModelVersion"] == "grader-v2"
+    assert done["canaryWeight"] == 100
+    assert done["analysis"]["failures"] == 0
+    assert done["analysis"]["successes"] >= 1
+    assert condition(done, "Progressing")["reason"] == "Promoted"
+    isvc = kube.get(fake.path)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == V2_URI
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert deployments(kube, namespace, "grader-v2") == [
+        {"rollout": "grader", "inferenceService": "grader", "trafficPercent": 100, "role": "stable"}
+    ]
+    old = kube.get(mv_path(namespace, "grader-v1"))["status"]
+    assert old.get("deployments", []) == []
+    assert old.get("supersededBy") == "grader-v2"
+    reasons = [
+        e["reason"]
+        for e in kube.list(resource_path("v1", "events", namespace))
+        if e["involvedObject"]["kind"] == "Rollout"
+    ]
+    for reason in ("ModelVersionNotApproved", "Started", "WeightSet", "Paused", "Promoted"):
+        assert reason in reasons, reasons
+    changes: list[tuple[float, int | None]] = []
+    for t, percent, _ in fake.history:
+        if not changes or changes[-1][1] != percent:
+            changes.append((t, percent))
+    at = [t for t, _ in changes]  # None, 5, 25, 50, 100, None
+    # Between two weights: KServe's readiness (0.3s for a new revision), the pause, and the
+    # operator noticing both (the resync interval is 1s).
+    overhead = [at[2] - at[1] - 2.0 - 0.3, at[4] - at[3] - 2.0, at[5] - at[4]]
+    print(
+        f"\nrollout figures: Prometheus ready in {prometheus.started_s:.1f}s; "
+        f"start after approval {started_after:.1f}s; operator killed -> new one reconciled "
+        f"{restarted:.1f}s (caught at step 3: {after.get('currentStepIndex') == 3}); "
+        f"operator overhead per step {', '.join(f'{o:.2f}s' for o in overhead)}; "
+        f"total {done['startTime']} -> {done['completionTime']}; old stable now {old_phase}"
+    )
+
+
+def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    healthy(prometheus, namespace)
+    create_inference_service(kube, namespace)
+    turned_bad: list[float] = []
+
+    def on_change(percent: int | None, _uri: str | None) -> None:
+        if percent == 25 and not turned_bad:
+            prometheus.exporter.set(namespace, "grader-predictor-00002", ok=10, errors=10)
+            turned_bad.append(time.monotonic())
+
+    fake = FakeKServe(kube, namespace, "grader", on_change=on_change).start()
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+        steps = [
+            {"setWeight": 5},
+            {"pause": {"duration": "2s"}},
+            {"setWeight": 25},
+            {"pause": {"duration": "60s"}},
+            {"setWeight": 100},
+        ]
+        kube.create(
+            ro_path(namespace),
+            rollout_body("grader", "grader-v2", steps, prometheus.url, ERROR_RATE),
+        )
+        op = operator()
+        wait_for(lambda: turned_bad, timeout=60, what="the canary at 25%")
+        query = ERROR_RATE.replace("{{namespace}}", namespace).replace(
+            "{{canary}}", "grader-predictor-00002"
+        )
+        wait_for(
+            lambda: (prometheus.value(query) or 0) > 0.05,
+            timeout=30,
+            interval=0.1,
+            what="Prometheus to see the error rate",
+        )
+        visible = time.monotonic()
+        aborted = wait_phase(kube, namespace, "Aborted", op, timeout=30)
+        wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
+        zero = next(t for t, p, _ in fake.history if p == 0)
+    finally:
+        fake.stop()
+
+    reaction = zero - visible
+    print(
+        f"\nabort figures: bad metric -> visible in Prometheus {visible - turned_bad[0]:.1f}s; "
+        f"visible -> canary 0% {reaction:.1f}s; bad metric -> canary 0% "
+        f"{zero - turned_bad[0]:.1f}s"
+    )
+    # One analysis interval (1s) and one resync (1s), plus a margin for the round's queries.
+    assert reaction <= 5.0, reaction
+    assert "error-rate" in aborted["abortReason"], aborted
+    assert aborted["canaryWeight"] == 0
+    assert aborted["analysis"]["failures"] == 1
+    assert condition(aborted, "Analysis")["status"] == "False"
+    isvc = kube.get(fake.path)
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == V1_URI
+    traffic = {
+        t["revisionName"]: t["percent"]
+        for t in isvc["status"]["components"]["predictor"]["traffic"]
+    }
+    assert traffic["grader-predictor-00001"] == 100, traffic
+    assert deployments(kube, namespace, "grader-v2") == []
+    assert deployments(kube, namespace, "grader-v1") == [
+        {"rollout": "grader", "inferenceService": "grader", "trafficPercent": 100, "role": "stable"}
+    ]
+
+
+def test_no_data_holds_and_kubectl_commands_abort_retry_promote(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    create_inference_service(kube, namespace)
+    fake = FakeKServe(kube, namespace, "grader").start()
+    missing = 'sum(rate(no_such_metric_total{revision="{{canary}}"}[4s]))'
+
+    def annotate(key: str, value: str) -> None:
+        control_plane.kubectl(
+            "annotate",
+            "-n",
+            namespace,
+            "rollouts.whetstone.dev",
+            "grader",
+            f"whetstone.dev/{key}={value}",
+            "--overwrite",
+        )
+
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+        steps = [{"setWeight": 5}, {"setWeight": 100}]
+        kube.create(
+            ro_path(namespace),
+            rollout_body("grader", "grader-v2", steps, prometheus.url, missing, 0),
+        )
+        op = operator()
+
+        # No data is inconclusive: held at 5%, never promoted.
+        wait_phase(kube, namespace, "Paused", op, timeout=60)
+        wait_for(
+            lambda: "inconclusive" in rollout_status(kube, namespace).get("message", ""),
+            timeout=20,
+            what="an inconclusive analysis round",
+        )
+        time.sleep(3)
+        held = rollout_status(kube, namespace)
+        assert held["phase"] == "Paused"
+        assert condition(held, "Analysis")["status"] == "Unknown"
+        assert held["analysis"]["successes"] == 0
+        assert fake.percents() == [None, 5]
+
+        annotate("abort", "t1")
+        aborted = wait_phase(kube, namespace, "Aborted", op, timeout=20)
+        assert "whetstone.dev/abort=t1" in aborted["abortReason"]
+        wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
+
+        annotate("retry", "t2")
+        wait_phase(kube, namespace, "Paused", op, timeout=30)
+        assert fake.percents()[-1] == 5
+
+        annotate("promote", "full-t3")
+        done = wait_phase(kube, namespace, "Succeeded", op, timeout=30)
+    finally:
+        fake.stop()
+
+    assert done["handledCommands"] == {"abort": "t1", "retry": "t2", "promote": "full-t3"}
+    assert fake.percents() == [None, 5, 0, 5, None]
+    spec = kube.get(ro_path(namespace, "grader"))["spec"]
+    assert spec["modelVersion"] == "grader-v2"  # commands never touch the spec
