@@ -183,7 +183,7 @@ def test_happy_path_to_a_registered_model_version(
     progress_port: ProgressServer,
 ) -> None:
     ns, name = namespace, "grader-v3"
-    start_operator()
+    op = start_operator()
     kube.create(ftj_path(ns), finetunejob(name))
 
     obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Validating", "Validating")
@@ -255,6 +255,8 @@ def test_happy_path_to_a_registered_model_version(
         f"{name}-train-1",
         f"{name}-validate",
     ]
+    # The chart's RBAC is exactly enough: the whole path ran without a single refusal.
+    assert "forbidden" not in op.logs().lower(), op.process.tail(40)
 
 
 def test_invalid_spec_creates_nothing_until_fixed(

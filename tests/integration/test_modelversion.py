@@ -318,3 +318,57 @@ def test_wrong_digest_and_failing_gate_are_rejected(
     assert obj["status"]["gateResults"] == [
         {"metric": "exactMatch", "value": 0.86, "passed": False, "message": "0.86 < min 0.95"}
     ]
+
+
+def test_forged_status_is_undone_and_versions_list_by_label(
+    control_plane: ControlPlane,
+    kube: Kube,
+    kubelet: Kubelet,
+    namespace: str,
+    operator_with_webhook: Any,
+) -> None:
+    ns, name = namespace, "grader-v6"
+    kube.create(mv_path(ns), version(name))
+    finish_verify(kubelet, ns, name, ok=True)
+    wait_phase(kube, ns, name, "Verified")
+    # Someone with write access to the status subresource claims an approval...
+    kube.patch(
+        mv_path(ns, name) + "/status",
+        {
+            "status": {
+                "phase": "Approved",
+                "approvedBy": "mallory",
+                "approvedAt": "2026-01-01T00:00:00Z",
+            }
+        },
+    )
+    # ...and the operator, which trusts only a signed approval, puts the truth back.
+    obj = wait_phase(kube, ns, name, "Verified")
+    assert obj["status"].get("approvedBy") is None
+
+    table = control_plane.kubectl("get", "mv", "-n", ns, "-l", "whetstone.dev/model=grader").stdout
+    assert name in table and "Verified" in table, table
+
+
+def test_operator_restart_during_verification_duplicates_nothing(
+    control_plane: ControlPlane,
+    kube: Kube,
+    kubelet: Kubelet,
+    namespace: str,
+    operator_rbac: str,
+    operator_process: OperatorFactory,
+) -> None:
+    ns, name = namespace, "grader-v7"
+    config = control_plane.sa_kubeconfig(ns, operator_rbac)
+    env = {"WHETSTONE_RESYNC_SECONDS": "1"}
+    op = operator_process(config, args=["--namespace", ns], env=env)
+    kube.create(mv_path(ns), version(name, approval={"required": False}))
+    kubelet.wait_job_pods(ns, f"{name}-verify")
+    op.process.signal_group(9)
+    op.process.popen.wait(10)
+    operator_process(config, args=["--namespace", ns], env=env)
+    finish_verify(kubelet, ns, name, ok=True)
+    obj = wait_phase(kube, ns, name, "Approved")
+    assert obj["status"]["verifiedDigest"] == DIGEST
+    jobs = kube.list(resource_path("batch/v1", "jobs", ns))
+    assert [j["metadata"]["name"] for j in jobs] == [f"{name}-verify"]

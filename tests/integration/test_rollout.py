@@ -5,7 +5,10 @@ scrapes a small exporter whose request counters the test controls."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -654,7 +657,7 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
     ]
 
 
-def test_no_data_holds_and_kubectl_commands_abort_retry_promote(
+def test_no_data_holds_and_kubectl_plugin_abort_retry_promote(
     control_plane: ControlPlane,
     kube: Kube,
     namespace: str,
@@ -666,15 +669,20 @@ def test_no_data_holds_and_kubectl_commands_abort_retry_promote(
     missing = 'sum(rate(no_such_metric_total{revision="{{canary}}"}[4s]))'
 
     def annotate(key: str, value: str) -> None:
-        control_plane.kubectl(
-            "annotate",
-            "-n",
-            namespace,
-            "rollouts.whetstone.dev",
-            "grader",
-            f"whetstone.dev/{key}={value}",
-            "--overwrite",
+        """`kubectl whetstone <command>`: the plugin, run against the real API server."""
+        full = value.startswith("full-")
+        args = [key, "grader", "-n", namespace, "--id", value.removeprefix("full-")]
+        proc = subprocess.run(
+            [sys.executable, "-m", "whetstone_operator.kubectl_plugin", *args]
+            + (["--full"] if full else [])
+            + ["--kubeconfig", str(control_plane.admin_kubeconfig)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "KUBECTL": str(control_plane.tools.kubectl)},
         )
+        assert proc.returncode == 0, proc.stderr
+        assert f"{key} requested for grader" in proc.stdout
 
     try:
         wait_for(lambda: fake.revisions, timeout=10, what="revision 1")

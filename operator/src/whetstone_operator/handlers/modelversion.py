@@ -14,7 +14,11 @@ from whetstone_operator.approval import approval_key, verify
 from whetstone_operator.handlers.finetunejob import RESYNC_SECONDS, emit, execute
 from whetstone_operator.handlers.indexes import all_of, one_of
 from whetstone_operator.observe import job_view
-from whetstone_operator.reconcile.modelversion import VersionObject, decide_modelversion
+from whetstone_operator.reconcile.modelversion import (
+    VersionObject,
+    decide_modelversion,
+    registry_labels,
+)
 from whetstone_operator.render.verify import verify_job_name
 from whetstone_operator.settings import trainer_defaults
 
@@ -45,6 +49,9 @@ def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) ->
         )
         execute(decision, namespace)
         patch.status.update(decision.status)
+        labels = registry_labels(mv.spec, dict(meta.get("labels") or {}))
+        if labels:
+            patch.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
         emit(body, decision)
         phase = decision.status.get("phase", mv.status.get("phase"))
         metrics.record_phase("ModelVersion", namespace, name, str(phase) if phase else None)

@@ -72,6 +72,16 @@ def evaluate_gate(gate: Gate, spec: ModelVersionSpec) -> GateResult:
     )
 
 
+def registry_labels(spec: dict[str, object], labels: dict[str, str]) -> dict[str, str]:
+    """Labels to add so `kubectl get mv -l whetstone.dev/model=NAME` lists a model's versions;
+    empty when they are already right."""
+    want = {
+        "whetstone.dev/model": str(spec.get("model", "")),
+        "whetstone.dev/version": str(spec.get("version", "")),
+    }
+    return {k: v for k, v in want.items() if v and labels.get(k) != v}
+
+
 def parse_verify_message(text: str | None) -> tuple[str | None, str]:
     """(digest, detail) from the verify pod's termination message (JSON or plain text)."""
     if not text:
