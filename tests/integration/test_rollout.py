@@ -128,11 +128,18 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[Prometheus]:
     """Debian's Prometheus on a free loopback port, scraping the exporter every second."""
-    started = time.monotonic()
     try:
         binary = find_or_install()
     except Exception as exc:
         pytest.fail(f"no Prometheus: {exc}", pytrace=False)
+    with prometheus_running(binary) as prom:
+        yield prom
+
+
+@contextlib.contextmanager
+def prometheus_running(binary: str | os.PathLike[str]) -> Iterator[Prometheus]:
+    """Prometheus (`binary`) on a free loopback port scraping a fresh Exporter every second."""
+    started = time.monotonic()
     exporter = Exporter()
     workdir = make_temp_dir("whetstone-prom-")
     port = free_port()
@@ -543,6 +550,8 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
     finally:
         fake.stop()
 
+    # The chart's RBAC is exactly enough for a whole rollout.
+    assert "forbidden" not in op.logs().lower(), op.process.tail(40)
     assert fake.percents() == [None, 5, 25, 50, 100, None], fake.history
     assert done["stableModelVersion"] == "grader-v2"
     assert done["canaryWeight"] == 100

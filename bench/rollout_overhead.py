@@ -1,0 +1,235 @@
+"""Rollout control overhead on the real control plane, with a real Prometheus.
+
+(1) Per step: a healthy canary 5 -> 25 -> 50 -> 100 with pauses of `--pause` seconds; the
+time between consecutive weight changes that KServe sees, minus the configured pause and
+the (simulated) revision start-up, is what the operator adds. (2) Rollback: at 25% the
+canary's error rate jumps; the time from the jump until KServe sees canaryTrafficPercent 0,
+against the target of one analysis interval + 2 s (Prometheus needs a scrape or two to see
+the jump; both figures are reported). Run for each resync interval given.
+
+    .venv/bin/python bench/rollout_overhead.py --resync 1 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+sys.path.insert(0, str(REPO / "hack"))
+sys.path.insert(0, str(REPO))
+
+from prometheus import find_or_install  # noqa: E402
+from test_rollout import (  # noqa: E402
+    ERROR_RATE,
+    FakeKServe,
+    create_inference_service,
+    create_model_version,
+    prometheus_running,
+    ro_path,
+    rollout_body,
+    rollout_status,
+)
+
+from cluster import (  # noqa: E402
+    CRD_DIR,
+    ISVC_CRD,
+    ControlPlane,
+    OperatorProcess,
+    make_temp_dir,
+    operator_argv,
+    render_chart_rbac,
+)
+from provision import provision  # noqa: E402
+
+KSERVE_READY_DELAY = 0.3
+
+
+def start_operator(plane: ControlPlane, ns: str, resync: float, log: Path) -> OperatorProcess:
+    rendered = render_chart_rbac(plane.tools.helm, REPO / "charts/whetstone", f"rb-{ns[-4:]}", ns)
+    assert rendered is not None
+    docs, account = rendered
+    plane.apply(yaml.safe_dump_all(docs))
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.sa_kubeconfig(ns, account)),
+        "WHETSTONE_RESYNC_SECONDS": str(resync),
+    }
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
+    deadline = time.monotonic() + 60
+    while "Activity '_startup' succeeded" not in op.logs():
+        if time.monotonic() > deadline:
+            raise RuntimeError(op.process.tail(40))
+        time.sleep(0.2)
+    return op
+
+
+def wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def healthy_run(
+    plane: ControlPlane, prom: Any, resync: float, pause: float, log: Path
+) -> dict[str, Any]:
+    ns = f"bench-ro-h{int(resync)}"
+    plane.create_namespace(ns)
+    kube = plane.admin
+    create_inference_service(kube, ns)
+    fake = FakeKServe(kube, ns, "grader", ready_delay=KSERVE_READY_DELAY).start()
+    for rev in ("grader-predictor-00001", "grader-predictor-00002"):
+        prom.exporter.set(ns, rev, ok=20, errors=0)
+    op = start_operator(plane, ns, resync, log)
+    try:
+        wait(lambda: fake.revisions, 10, "first revision")
+        create_model_version(kube, ns, "grader-v1", 1, "s3://models/grader/v1/")
+        create_model_version(kube, ns, "grader-v2", 2, "s3://models/grader/v2/")
+        steps: list[dict[str, Any]] = []
+        for weight in (5, 25, 50):
+            steps += [{"setWeight": weight}, {"pause": {"duration": f"{pause:g}s"}}]
+        steps.append({"setWeight": 100})
+        query = ERROR_RATE
+        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, prom.url, query))
+        wait(lambda: rollout_status(kube, ns).get("phase") == "Succeeded", 120, "Succeeded")
+        changes = []
+        last = object()
+        for stamp, percent, _ in fake.history:
+            if percent != last:
+                changes.append((stamp, percent))
+                last = percent
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(changes)]
+        # Between weight changes: one pause, plus KServe's revision start-up on the first.
+        weight_gaps = gaps[1:4]
+        overheads = [g - pause - KSERVE_READY_DELAY for g in weight_gaps]
+        return {
+            "resync_s": resync,
+            "pause_s": pause,
+            "weights_seen": [p for _, p in changes],
+            "step_gaps_s": [round(g, 3) for g in weight_gaps],
+            "overhead_per_step_median_s": round(statistics.median(overheads), 3),
+            "overhead_per_step_max_s": round(max(overheads), 3),
+        }
+    finally:
+        fake.stop()
+        op.stop()
+
+
+def failing_run(plane: ControlPlane, prom: Any, resync: float, log: Path) -> dict[str, Any]:
+    ns = f"bench-ro-f{int(resync)}"
+    plane.create_namespace(ns)
+    kube = plane.admin
+    create_inference_service(kube, ns)
+    fake = FakeKServe(kube, ns, "grader", ready_delay=KSERVE_READY_DELAY).start()
+    for rev in ("grader-predictor-00001", "grader-predictor-00002"):
+        prom.exporter.set(ns, rev, ok=20, errors=0)
+    op = start_operator(plane, ns, resync, log)
+    try:
+        wait(lambda: fake.revisions, 10, "first revision")
+        create_model_version(kube, ns, "grader-v1", 1, "s3://models/grader/v1/")
+        create_model_version(kube, ns, "grader-v2", 2, "s3://models/grader/v2/")
+        steps = [
+            {"setWeight": 5},
+            {"pause": {"duration": "2s"}},
+            {"setWeight": 25},
+            {"pause": {}},
+            {"setWeight": 100},
+        ]
+        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, prom.url, ERROR_RATE))
+        wait(lambda: 25 in fake.percents(), 120, "weight 25")
+        time.sleep(3)  # a few healthy rounds at 25%
+        jump = time.monotonic()
+        prom.exporter.set(ns, "grader-predictor-00002", ok=10, errors=10)
+        visible: list[float] = []
+
+        def seen_by_prometheus() -> bool:
+            value = prom.value(
+                ERROR_RATE.replace("{{namespace}}", ns).replace(
+                    "{{canary}}", "grader-predictor-00002"
+                )
+            )
+            if value is not None and value > 0.05 and not visible:
+                visible.append(time.monotonic())
+            return bool(visible)
+
+        wait(lambda: seen_by_prometheus() or fake.percents()[-1] == 0, 60, "jump visible")
+        wait(lambda: fake.percents()[-1] == 0, 60, "canary at 0%")
+        zero = next(s for s, p, _ in reversed(fake.history) if p == 0)
+        return {
+            "resync_s": resync,
+            "interval_s": 1.0,
+            "jump_to_canary_0_s": round(zero - jump, 3),
+            "visible_in_prometheus_to_canary_0_s": round(zero - visible[0], 3) if visible else None,
+            "target_s": 1.0 + 2.0,
+            "phase": rollout_status(kube, ns).get("phase"),
+        }
+    finally:
+        fake.stop()
+        op.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--resync", type=float, nargs="+", default=[1.0, 10.0])
+    parser.add_argument("--pause", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, default=REPO / "bench/results/rollout_overhead.json")
+    args = parser.parse_args()
+    workdir = make_temp_dir("whetstone-bench-ro-")
+    plane = ControlPlane(provision())
+    plane.start([*sorted(CRD_DIR.glob("*.yaml")), ISVC_CRD])
+    rows = []
+    try:
+        with prometheus_running(find_or_install()) as prom:
+            for resync in args.resync:
+                healthy = healthy_run(plane, prom, resync, args.pause, workdir / f"h{resync}.log")
+                failing = failing_run(plane, prom, resync, workdir / f"f{resync}.log")
+                rows.append({"healthy": healthy, "failing": failing})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        plane.stop()
+    print(
+        "\nresync s | step overhead median / max s | failing metric -> canary 0% s "
+        "(from Prometheus seeing it) | target s"
+    )
+    for r in rows:
+        h, f = r["healthy"], r["failing"]
+        overhead = f"{h['overhead_per_step_median_s']} / {h['overhead_per_step_max_s']}"
+        print(
+            f"{h['resync_s']:g} | {overhead}"
+            f" | {f['jump_to_canary_0_s']} ({f['visible_in_prometheus_to_canary_0_s']}) | "
+            f"{f['target_s']}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": f"{platform.node()} {os.cpu_count()} cores",
+                "date": datetime.now(UTC).isoformat(),
+                "command": " ".join(sys.argv),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
