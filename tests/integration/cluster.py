@@ -638,7 +638,6 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--profiling=false",
             "--v=1",
-            *self.apiserver_args,
         ]
         proc = self.processes["kube-controller-manager"] = ManagedProcess(
             "kube-controller-manager", argv, self.workdir / "kube-controller-manager.log"

@@ -50,6 +50,12 @@ BAD_REPORT = {"examples": 0, "dropped": {"invalid": 2}, "invalidLines": ["train.
 
 VALID = {"type": "Valid", "status": "True", "reason": "SpecValid", "message": "spec is valid"}
 DATA_OK = {"type": "DataValidated", "status": "True", "reason": "DataValid", "message": "ok"}
+DATA_PENDING = {
+    "type": "DataValidated",
+    "status": "Unknown",
+    "reason": "Validating",
+    "message": "the validation pod checks the data",
+}
 
 
 def vjob(**kw: Any) -> JobView:
@@ -93,6 +99,49 @@ CASES: dict[str, Case] = {
         actions=[],
         event_reasons=["InvalidSpec"],
         check=lambda s: "spec.dataset" in s["message"] and "validationSplit" in s["message"],
+    ),
+    "a validation Job created moments ago and not yet observed is not created twice": Case(
+        status={
+            "phase": "Validating",
+            "conditions": [
+                VALID,
+                {**DATA_PENDING, "lastTransitionTime": "2026-11-22T19:59:50Z"},
+            ],
+        },
+        observed=Observed(),
+        phase="Validating",
+        actions=[],
+    ),
+    "a validation Job gone for long is created again": Case(
+        status={
+            "phase": "Validating",
+            "conditions": [
+                VALID,
+                {**DATA_PENDING, "lastTransitionTime": "2026-11-22T19:50:00Z"},
+            ],
+        },
+        observed=Observed(),
+        phase="Validating",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
+    ),
+    "a trainer Job created moments ago and not yet observed is not created twice": Case(
+        status={
+            **RUNNING,
+            "conditions": [
+                VALID,
+                DATA_OK,
+                {
+                    "type": "Training",
+                    "status": "True",
+                    "reason": "TrainerStarted",
+                    "message": "run 1",
+                    "lastTransitionTime": "2026-11-22T19:59:58Z",
+                },
+            ],
+        },
+        observed=Observed(),
+        phase="Running",
+        actions=[],
     ),
     "validation still running waits": Case(
         status={"phase": "Validating", "conditions": [VALID]},

@@ -44,9 +44,26 @@ def _now() -> datetime:
 def execute(decision: Decision, namespace: str) -> None:
     for action in decision.actions:
         if isinstance(action, Create):
-            k8s.create(action.body)
+            if not k8s.create(action.body) and action.body["kind"] == "ModelVersion":
+                check_registered_by_us(action.body)
         else:
             k8s.delete(action.api_version, action.kind, namespace, action.name)
+
+
+def check_registered_by_us(body: dict[str, Any]) -> None:
+    """A ModelVersion of that name already exists: fine when this job registered it (a repeated
+    reconcile); otherwise another job took that version number first, before the index showed
+    it, so the status must not point at it and the next reconcile picks the next free number."""
+    meta = body["metadata"]
+    mine = body["spec"]["source"]["fineTuneJob"]
+    existing = k8s.get_model_version(meta["namespace"], meta["name"])
+    owner = ((existing or {}).get("spec") or {}).get("source") or {}
+    if existing is None or owner.get("fineTuneJob") != mine:
+        raise kopf.TemporaryError(
+            f"ModelVersion {meta['name']} was registered by {owner.get('fineTuneJob')}: "
+            "registering the next free version",
+            delay=1,
+        )
 
 
 def emit(body: kopf.Body, decision: Decision) -> None:
@@ -105,10 +122,15 @@ def reconcile_finetunejob(
         metrics.DURATION.labels("FineTuneJob").observe(time.monotonic() - started)
 
 
-@kopf.on.resume(GROUP, VERSION, "finetunejobs")
-@kopf.on.create(GROUP, VERSION, "finetunejobs")
-@kopf.on.update(GROUP, VERSION, "finetunejobs", field="spec")
-def finetunejob_changed(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "finetunejobs")
+def finetunejob_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    # A plain watch handler, not kopf's change handlers: those persist their progress in
+    # annotations, two extra writes per object that a level-triggered reconcile never needs.
+    meta = body["metadata"]
+    if kwargs.get("type") == "DELETED":
+        # Children go by owner-reference garbage collection; artifacts are never touched.
+        metrics.record_phase("FineTuneJob", meta["namespace"], meta["name"], None)
+        return
     reconcile_finetunejob(body, patch, kwargs["ws_jobs"], kwargs["ws_pods"], kwargs["ws_versions"])
 
 
@@ -116,14 +138,13 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL
 
 
-@kopf.timer(GROUP, VERSION, "finetunejobs", interval=RESYNC_SECONDS, when=_unfinished)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "finetunejobs",
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    when=_unfinished,
+)
 def finetunejob_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     reconcile_finetunejob(body, patch, kwargs["ws_jobs"], kwargs["ws_pods"], kwargs["ws_versions"])
-
-
-@kopf.on.delete(GROUP, VERSION, "finetunejobs", optional=True)
-def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
-    # Children go by owner-reference garbage collection; artifacts are never touched.
-    metrics.record_phase(
-        "FineTuneJob", body["metadata"]["namespace"], body["metadata"]["name"], None
-    )

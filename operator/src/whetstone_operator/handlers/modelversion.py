@@ -62,20 +62,15 @@ def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) ->
         metrics.DURATION.labels("ModelVersion").observe(time.monotonic() - started)
 
 
-@kopf.on.resume(GROUP, VERSION, "modelversions")
-@kopf.on.create(GROUP, VERSION, "modelversions")
-@kopf.on.update(GROUP, VERSION, "modelversions")
-def modelversion_changed(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "modelversions")
+def modelversion_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    meta = body["metadata"]
+    if kwargs.get("type") == "DELETED":
+        metrics.record_phase("ModelVersion", meta["namespace"], meta["name"], None)
+        return
     reconcile_modelversion(body, patch, **kwargs)
 
 
-@kopf.timer(GROUP, VERSION, "modelversions", interval=RESYNC_SECONDS)
+@kopf.timer(GROUP, VERSION, "modelversions", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 def modelversion_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     reconcile_modelversion(body, patch, **kwargs)
-
-
-@kopf.on.delete(GROUP, VERSION, "modelversions", optional=True)
-def modelversion_deleted(body: kopf.Body, **_: Any) -> None:
-    metrics.record_phase(
-        "ModelVersion", body["metadata"]["namespace"], body["metadata"]["name"], None
-    )

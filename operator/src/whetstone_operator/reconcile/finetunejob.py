@@ -22,6 +22,7 @@ from whetstone_operator.api.common import (
     ConditionStatus,
     format_time,
     get_condition,
+    parse_time,
     set_condition,
 )
 from whetstone_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
@@ -36,6 +37,7 @@ from whetstone_operator.render.workload import (
     build_rendezvous_service,
     build_trainer_job,
     build_validation_job,
+    label_value,
     trainer_job_name,
 )
 from whetstone_trainer.result import (
@@ -47,6 +49,9 @@ from whetstone_trainer.result import (
 )
 
 TERMINAL = ("Succeeded", "Failed")
+# A child created moments ago may not have reached the watch-fed index yet: within this
+# window its absence means "not seen yet", after it "gone" (and it is created again).
+INDEX_GRACE_SECONDS = 30.0
 WAITING_PROBLEMS = (
     "ImagePullBackOff",
     "ErrImagePull",
@@ -283,7 +288,7 @@ def build_model_version(
             "name": name,
             "namespace": job.namespace,
             "labels": {
-                LABEL_JOB: job.name,
+                LABEL_JOB: label_value(job.name),
                 "whetstone.dev/model": model,
                 "whetstone.dev/version": str(version),
                 "app.kubernetes.io/part-of": "whetstone",
@@ -370,6 +375,8 @@ def _decide_data(
     if validated is not None and validated.status == "True":
         return True
     vjob = observed.validation_job
+    if vjob is None and recently(validated, "Validating", b.now):
+        return False
     if vjob is None:
         config = build_trainer_config(
             owner.name, owner.namespace, spec, progress_port=defaults.progress_port
@@ -402,6 +409,14 @@ def _decide_data(
     waiting = _waiting_problem(vjob)
     b.phase("Validating", "ValidationStarted", waiting or "validating data on a CPU pod")
     return False
+
+
+def recently(condition: Condition | None, reason: str, now: datetime) -> bool:
+    """Whether `condition` took `reason` within the index grace window."""
+    if condition is None or condition.reason != reason or not condition.last_transition_time:
+        return False
+    age = (now - parse_time(condition.last_transition_time)).total_seconds()
+    return 0 <= age < INDEX_GRACE_SECONDS
 
 
 def _report_summary(report: DataReport | None) -> str:
@@ -437,6 +452,9 @@ def _decide_training(
             )
         b.phase("Suspended", "Suspended", "suspended: trainer pods stopped, checkpoints kept")
         b.condition("Training", False, "Suspended", "suspended by spec.suspend")
+        return
+    training = get_condition(b.status.conditions, "Training")
+    if tjob is None and b.status.phase == "Running" and recently(training, "TrainerStarted", b.now):
         return
     if b.status.phase == "Suspended":
         # A resume starts a new run; the trainer picks up the latest complete checkpoint.

@@ -17,7 +17,7 @@ from whetstone_operator.api.modelversion import (
     ModelVersionStatus,
 )
 from whetstone_operator.approval import Approval
-from whetstone_operator.reconcile.finetunejob import Create, Decision, JobView
+from whetstone_operator.reconcile.finetunejob import Create, Decision, JobView, recently
 from whetstone_operator.reconcile.validation import EventSpec, decide_validity
 from whetstone_operator.render.verify import VersionOwner, build_verify_job
 from whetstone_operator.render.workload import TrainerDefaults
@@ -147,6 +147,9 @@ def decide_modelversion(
     # 1. The artifact must exist and match its digest before anything else.
     verified = status.verified_digest == spec.artifact.digest
     if not verified:
+        pending = get_condition(status.conditions, "ArtifactVerified")
+        if verify_job is None and recently(pending, "Verifying", now):
+            return _finish(decision, before, status, mv.generation)
         if verify_job is None:
             owner = VersionOwner(mv.name, mv.namespace, mv.uid)
             decision.actions.append(Create(build_verify_job(owner, spec, defaults)))
