@@ -48,6 +48,13 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         help="kopf peering name shared by replicas (only one acts); empty = standalone",
     )
     parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(env("WHETSTONE_PEERING_LIFETIME", "60")),
+        help="seconds a replica's peering record stays valid without renewal: a standby "
+        "replica takes over this long after the active one died (kopf's default: 60)",
+    )
+    parser.add_argument(
         "--liveness", default=env("WHETSTONE_LIVENESS", ""), help="e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument(
@@ -93,6 +100,7 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
     return OperatorOptions(
         namespaces=tuple(args.namespace),
         peering=args.peering,
+        peering_lifetime=args.peering_lifetime,
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         trainer_image=args.trainer_image,

@@ -81,6 +81,19 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
     return True
 
 
+def get_model_version(namespace: str, name: str) -> dict[str, Any] | None:
+    """The ModelVersion as stored now (None when there is none)."""
+    try:
+        body = client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modelversions", name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(body)
+
+
 def can_approve(userinfo: dict[str, Any], namespace: str, name: str) -> tuple[bool, str]:
     """Ask the API server (SubjectAccessReview) whether the requester may `approve` this
     ModelVersion; returns (allowed, the authorizer's reason)."""

@@ -18,6 +18,7 @@ class OperatorOptions:
 
     namespaces: tuple[str, ...] = ()
     peering: str = ""
+    peering_lifetime: int = 60
     liveness: str = ""
     metrics_port: int = 0
     trainer_image: str = "ghcr.io/whetstone/trainer:0.1.0"
@@ -67,6 +68,8 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix="whetstone.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "whetstone.dev/finalizer"
+    # A standby replica takes over this long after the active one stopped renewing its record.
+    settings.peering.lifetime = OPTIONS.peering_lifetime
     settings.posting.level = 20
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

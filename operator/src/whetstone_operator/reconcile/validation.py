@@ -12,6 +12,11 @@ from whetstone_operator.api import KINDS
 from whetstone_operator.api.common import Condition, get_condition, set_condition
 from whetstone_operator.api.errors import SpecError, parse_spec
 
+# A spec can hold thousands of bad entries; conditions and status messages are bounded
+# (32768 characters in the schema), so the message names the first ones and counts the rest.
+MAX_ERRORS = 20
+MAX_MESSAGE = 8192
+
 
 @dataclass(frozen=True)
 class EventSpec:
@@ -40,6 +45,14 @@ def spec_model(kind: str) -> type[BaseModel]:
     return annotation
 
 
+def summarize_errors(messages: list[str]) -> str:
+    """The first MAX_ERRORS messages joined, then how many more there are."""
+    text = "; ".join(messages[:MAX_ERRORS])
+    if len(messages) > MAX_ERRORS:
+        text += f"; and {len(messages) - MAX_ERRORS} more error(s)"
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
 def decide_validity(
     kind: str,
     spec: dict[str, Any],
@@ -53,7 +66,7 @@ def decide_validity(
     try:
         parsed = parse_spec(spec_model(kind), spec)
     except SpecError as exc:
-        message = "; ".join(exc.messages)
+        message = summarize_errors(exc.messages)
         new = set_condition(conditions, "Valid", "False", "InvalidSpec", message, now, generation)
         changed = previous is None or previous.status != "False" or previous.message != message
         return ValidityOutcome(

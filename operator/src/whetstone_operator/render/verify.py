@@ -17,6 +17,7 @@ from whetstone_operator.render.workload import (
     base_env,
     child_name,
     container_security_context,
+    label_value,
     pod_security_context,
 )
 
@@ -42,11 +43,11 @@ def build_verify_job(
     """A short CPU Job running `whetstone_trainer verify <uri> --digest <digest>`."""
     labels = {
         "app.kubernetes.io/name": "whetstone-verify",
-        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/component": "verifier",
         "app.kubernetes.io/part-of": "whetstone",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_VERSION: owner.name,
+        LABEL_VERSION: label_value(owner.name),
     }
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]

@@ -75,6 +75,15 @@ def child_name(parent: str, suffix: str, limit: int = 63) -> str:
     return f"{parent[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
+def label_value(name: str) -> str:
+    """An object name as a label value: label values hold at most 63 characters, object names
+    up to 253, so a longer name is shortened with a hash (as child_name does)."""
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-._')}-{digest}"
+
+
 def config_map_name(job: str) -> str:
     return child_name(job, "trainer-config", limit=253)
 
@@ -95,11 +104,11 @@ def labels(owner: Owner, role: str, attempt: int | None = None) -> dict[str, str
     """Recommended app.kubernetes.io labels plus our selectors."""
     out = {
         "app.kubernetes.io/name": "whetstone-trainer",
-        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/component": role,
         "app.kubernetes.io/part-of": "whetstone",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_JOB: owner.name,
+        LABEL_JOB: label_value(owner.name),
         LABEL_ROLE: role,
     }
     if attempt is not None:
@@ -366,7 +375,7 @@ def build_trainer_job(
 
 def build_rendezvous_service(owner: Owner) -> dict[str, Any]:
     """Headless Service giving Indexed Job pods stable DNS names for the rendezvous."""
-    selector = {LABEL_JOB: owner.name, LABEL_ROLE: "trainer"}
+    selector = {LABEL_JOB: label_value(owner.name), LABEL_ROLE: "trainer"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
