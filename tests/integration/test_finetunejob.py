@@ -187,6 +187,8 @@ def test_happy_path_to_a_registered_model_version(
     kube.create(ftj_path(ns), finetunejob(name))
 
     obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Validating", "Validating")
+    # No finalizer: deleting a job never waits for the operator.
+    assert not obj["metadata"].get("finalizers"), obj["metadata"]
     (vjob,) = [j for j in jobs(kube, ns) if j["metadata"]["name"] == f"{name}-validate"]
     vcontainer = vjob["spec"]["template"]["spec"]["containers"][0]
     assert "--validate-only" in vcontainer["args"]
