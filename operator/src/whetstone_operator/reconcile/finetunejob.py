@@ -316,9 +316,16 @@ class _Builder:
             self.status.conditions, type_, value, reason, message, self.now, self.job.generation
         )
 
-    def phase(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
+    def phase(
+        self,
+        phase: str,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        event_message: str | None = None,
+    ) -> None:
         if self.status.phase != phase:
-            event = EventSpec("Warning" if warning else "Normal", reason, message)
+            event = EventSpec("Warning" if warning else "Normal", reason, event_message or message)
             # Several transitions in one reconcile post one Event: the last one tells the story.
             if self._phase_event is not None:
                 self.decision.events.remove(self._phase_event)
@@ -475,7 +482,10 @@ def _decide_training(
         b.status.start_time = b.status.start_time or format_time(b.now)
         b.condition("Training", True, "TrainerStarted", f"trainer run {attempt} started")
         b.phase(
-            "Running", "TrainingStarted", f"trainer Job {trainer_job_name(owner.name, attempt)}"
+            "Running",
+            "TrainingStarted",
+            "training",
+            event_message=f"trainer Job {trainer_job_name(owner.name, attempt)}",
         )
         return
     b.status.attempt = attempt
