@@ -106,7 +106,12 @@ def healthy_run(
         steps.append({"setWeight": 100})
         query = ERROR_RATE
         kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, prom.url, query))
-        wait(lambda: rollout_status(kube, ns).get("phase") == "Succeeded", 120, "Succeeded")
+        try:
+            wait(lambda: rollout_status(kube, ns).get("phase") == "Succeeded", 120, "Succeeded")
+        except TimeoutError:
+            raise RuntimeError(
+                f"rollout did not finish: {rollout_status(kube, ns)}\n{op.process.tail(30)}"
+            ) from None
         changes = []
         last = object()
         for stamp, percent, _ in fake.history:

@@ -159,6 +159,19 @@ CASES: dict[str, dict[str, Any]] = {
         "phase": "Approved",
         "check": lambda s: s["approvedBy"] == "alice" and s["approvedAt"],
     },
+    "a verified digest asserts ArtifactVerified even after a stale status write": {
+        "status": {
+            **VERIFIED,
+            "conditions": [
+                {"type": "ArtifactVerified", "status": "Unknown", "reason": "Verifying"}
+            ],
+        },
+        "spec": {**SPEC, "approval": {"required": False}},
+        "phase": "Approved",
+        "check": lambda s: (
+            next(c for c in s["conditions"] if c["type"] == "ArtifactVerified")["status"] == "True"
+        ),
+    },
     "approval not required": {
         "status": VERIFIED,
         "spec": {**SPEC, "approval": {"required": False}},

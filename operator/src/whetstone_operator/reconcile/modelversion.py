@@ -181,6 +181,9 @@ def decide_modelversion(
             phase("Pending", "VerificationStarted", "verifying the artifact's digests")
             return _finish(decision, before, status, mv.generation)
 
+    else:
+        cond("ArtifactVerified", "True", "DigestMatches", f"{spec.artifact.uri} verified")
+
     # 2. Gates on the recorded metrics.
     results = [evaluate_gate(g, spec) for g in spec.gates]
     status.gate_results = results
