@@ -7,7 +7,7 @@ canary's error rate jumps; the time from the jump until KServe sees canaryTraffi
 against the target of one analysis interval + 2 s (Prometheus needs a scrape or two to see
 the jump; both figures are reported). Run for each resync interval given.
 
-    .venv/bin/python bench/rollout_overhead.py --resync 1 10
+    .venv/bin/python bench/rollout_overhead.py --resync 1 10   # WHETSTONE_ROLLOUT_RESYNC_SECONDS
 """
 
 from __future__ import annotations

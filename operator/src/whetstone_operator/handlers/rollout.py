@@ -34,7 +34,9 @@ from whetstone_operator.reconcile.rollout import (
 )
 from whetstone_operator.rollout import ServiceView, service_view
 
-RESYNC_SECONDS = float(os.environ.get("WHETSTONE_RESYNC_SECONDS", "10"))
+# Pauses end and analysis rounds fall due on the clock, and a rollout's timing is only as fine
+# as its resync: rollouts are few, so they resync every second (FineTuneJobs every 10 s).
+RESYNC_SECONDS = float(os.environ.get("WHETSTONE_ROLLOUT_RESYNC_SECONDS", "1"))
 FINISHED = ("Succeeded", "Failed")
 
 CANARY_WEIGHT = Gauge(
@@ -139,7 +141,7 @@ def _record(namespace: str, name: str, before: str | None, decision: Decision) -
 def reconcile_once(
     namespace: str, name: str, snapshot: _Snapshot
 ) -> tuple[dict[str, Any], Decision] | None:
-    """One reconcile of a Rollout (blocking I/O): read, measure, decide, act, write status."""
+    """One reconcile of a Rollout (blocking I/O): read, measure, decide, write status, act."""
     body = k8s.get_rollout(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -157,8 +159,17 @@ def reconcile_once(
     measurements = tuple(analysis.measure(q) for q in queries) if queries else None
     world = World(service=snapshot.service, versions=snapshot.versions, measurements=measurements)
     decision = decide_rollout(obj, world, now)
+    # Status first: it records the stable version and the step before the InferenceService is
+    # touched. Acting first, a crash or an API error between the two left a canary patched
+    # with no record of the rollout, and the next run took the canary for the stable version
+    # and promoted it at once. The actions follow from status, so the next run redoes a failed
+    # one; except once the rollout is finished, as finished ones are not resynced: then the
+    # last actions go first and the status is written when they are done.
+    status_first = decision.phase not in FINISHED
+    if decision.status and status_first:
+        k8s.patch_rollout_status(namespace, name, decision.status)
     _execute(decision, namespace, name)
-    if decision.status:
+    if decision.status and not status_first:
         k8s.patch_rollout_status(namespace, name, decision.status)
     _record(namespace, name, obj.status.get("phase"), decision)
     return body, decision
@@ -210,7 +221,10 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in FINISHED
 
 
-@kopf.timer(GROUP, VERSION, "rollouts", interval=RESYNC_SECONDS, when=_unfinished)
+# A failed resync (an API error) is retried at the next interval, not after kopf's 60 s.
+@kopf.timer(
+    GROUP, VERSION, "rollouts", interval=RESYNC_SECONDS, backoff=RESYNC_SECONDS, when=_unfinished
+)
 async def rollout_resync(body: kopf.Body, **kwargs: Any) -> None:
     meta = body["metadata"]
     await reconcile_rollout(meta["namespace"], meta["name"], _service_of(body), kwargs)
