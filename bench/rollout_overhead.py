@@ -65,7 +65,7 @@ def start_operator(plane: ControlPlane, ns: str, resync: float, log: Path) -> Op
     env = {
         **os.environ,
         "KUBECONFIG": str(plane.sa_kubeconfig(ns, account)),
-        "WHETSTONE_RESYNC_SECONDS": str(resync),
+        "WHETSTONE_ROLLOUT_RESYNC_SECONDS": str(resync),
     }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
