@@ -11,6 +11,7 @@ examples from seeing each other). Both stages fill the same DataReport.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -171,12 +172,20 @@ def load_jsonl(
     """Parse a JSONL file. Invalid lines are counted and reported; returns (examples, invalid)."""
     examples: list[Example] = []
     invalid = 0
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        builder.drop("invalid", source, 0, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        builder.drop("invalid", source, 1, "UTF-16 or UTF-32 text: save the file as UTF-8")
         return [], 1
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at \n alone: str.splitlines() also breaks at U+2028, U+0085 and the like, which
+    # JSON strings may hold. Each line is decoded on its own, so a stray byte costs one line.
+    for number, line in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), start=1):
+        try:
+            raw = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            invalid += 1
+            builder.drop(
+                "invalid", source, number, f"not UTF-8 text ({exc.reason} at byte {exc.start + 1})"
+            )
+            continue
         if not raw.strip():
             continue
         example, problem = parse_line(raw, fmt)
@@ -338,7 +347,10 @@ def prepare_text(spec: DatasetSpec, read: Reader, seed: int) -> TextSplits:
 
     def stage(uri: str) -> list[Example]:
         source = uri.rsplit("/", 1)[-1] or uri
-        examples, _ = load_jsonl(read(uri), source, spec.format, builder)
+        data = read(uri)
+        if not data.strip():
+            raise DataError(f"{source} is empty ({uri}): it holds no example", builder.report())
+        examples, _ = load_jsonl(data, source, spec.format, builder)
         selected = []
         for example in examples:
             if is_selected(example, spec.select):

@@ -370,12 +370,23 @@ def _single_process_rendezvous() -> None:
 # --- checkpoints --------------------------------------------------------------------------
 
 
+def _marker_step(marker: Location) -> int | None:
+    """The step a checkpoint's COMPLETE marker names; None when it is absent or torn."""
+    if not marker.exists():
+        return None
+    try:
+        return int(json.loads(marker.read_text())["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def complete_checkpoints(location: Location) -> list[int]:
-    """Steps of the checkpoints under `location` that carry a COMPLETE marker, ascending."""
+    """Steps of the checkpoints under `location` whose COMPLETE marker names their own step,
+    ascending (an empty or torn marker, left by a crash while it was written, does not count)."""
     steps = []
     for name in location.list_children():
         match = _CHECKPOINT_NAME.match(name)
-        if match and location.child(name, artifacts.COMPLETE).exists():
+        if match and _marker_step(location.child(name, artifacts.COMPLETE)) == int(match.group(1)):
             steps.append(int(match.group(1)))
     return sorted(steps)
 
@@ -590,7 +601,8 @@ class Run:
         if isinstance(self.output, LocalLocation):
             _world_barrier()
             if self.dist.is_main:
-                (local / artifacts.COMPLETE).write_text(marker)
+                # Written whole or not at all (temp file + rename).
+                self.remote_checkpoints.child(local.name, artifacts.COMPLETE).write_text(marker)
         else:
             remote = self.remote_checkpoints.child(local.name)
             if self.dist.local_rank == 0 and local.is_dir():

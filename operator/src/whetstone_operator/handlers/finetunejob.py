@@ -144,6 +144,8 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     "finetunejobs",
     interval=RESYNC_SECONDS,
     initial_delay=RESYNC_SECONDS,
+    # A failed resync (an API error) is retried at the next interval, not after kopf's 60 s.
+    backoff=RESYNC_SECONDS,
     when=_unfinished,
 )
 def finetunejob_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:

@@ -71,6 +71,14 @@ def modelversion_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> Non
     reconcile_modelversion(body, patch, **kwargs)
 
 
-@kopf.timer(GROUP, VERSION, "modelversions", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "modelversions",
+    interval=RESYNC_SECONDS,
+    initial_delay=RESYNC_SECONDS,
+    # A failed resync (an API error) is retried at the next interval, not after kopf's 60 s.
+    backoff=RESYNC_SECONDS,
+)
 def modelversion_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     reconcile_modelversion(body, patch, **kwargs)

@@ -490,6 +490,11 @@ def _decide_training(
         return
     b.status.attempt = attempt
     b.status.restarts = tjob.failed
+    # Recorded with the Job's creation; when that status write was lost (a crash, an API
+    # error), the next reconcile finds the Job and records them then rather than never.
+    b.status.start_time = b.status.start_time or format_time(b.now)
+    if get_condition(b.status.conditions, "Training") is None:
+        b.condition("Training", True, "TrainerStarted", f"trainer run {attempt} started")
     if tjob.complete:
         _decide_success(b, spec, tjob, observed, defaults)
         return
