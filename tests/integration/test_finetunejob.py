@@ -377,3 +377,42 @@ def test_suspend_stops_pods_and_resume_starts_a_new_run(
         timeout=30,
         what="run 2 Job",
     )
+
+
+def test_a_secret_value_never_leaves_its_secret(
+    kube: Kube,
+    kubelet: Kubelet,
+    control_plane: ControlPlane,
+    namespace: str,
+    start_operator: Callable[[], Any],
+) -> None:
+    """A sentinel credential is only ever referenced: it shows up in no ConfigMap, status,
+    Event, ModelVersion or operator log line, and no pod spec carries it."""
+    ns, name = namespace, "sentinel"
+    sentinel = "SENTINEL-" + "7f3a9c" * 4
+    kube.create(
+        resource_path("v1", "secrets", ns),
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-creds"},
+            "stringData": {"AWS_SECRET_ACCESS_KEY": sentinel, "HF_TOKEN": sentinel},
+        },
+    )
+    op = start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    drive_to_training(kube, kubelet, ns, name)
+    (tpod,) = kubelet.wait_job_pods(ns, f"{name}-train-1")
+    kubelet.succeed(ns, tpod["metadata"]["name"], message=json.dumps(RESULT))
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    seen = {
+        "configmaps": kube.list(resource_path("v1", "configmaps", ns)),
+        "finetunejobs": kube.list(ftj_path(ns)),
+        "modelversions": kube.list(resource_path(API, "modelversions", ns)),
+        "events": kube.list(resource_path("v1", "events", ns)),
+        "jobs": kube.list(resource_path("batch/v1", "jobs", ns)),
+        "pods": kube.list(resource_path("v1", "pods", ns)),
+    }
+    for kind, items in seen.items():
+        assert sentinel not in json.dumps(items), f"the secret value leaked into {kind}"
+    assert sentinel not in op.logs()
