@@ -397,7 +397,9 @@ def test_process_group_is_killed_with_grandchildren(tmp_path: Path) -> None:
 
 
 INTERRUPTED_RUNNER = """
-import json, sys, time
+import json, signal, sys, time
+# A runner started from a shell without job control inherits SIGINT ignored: restore it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 from cluster import ControlPlane
 from provision import provision

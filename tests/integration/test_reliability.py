@@ -1059,9 +1059,10 @@ def test_bad_input_corpus_is_refused_and_the_operator_survives(
             awaiting[name] = (kind, field_, head.get("mentions", ""))
         else:
             try:
-                kube.replace(
+                # The operator may write the object meanwhile (labels, status): retry a 409.
+                kube.update_with_retry(
                     path(kind, namespace, name),
-                    {**docs[1], "metadata": kube.get(path(kind, namespace, name))["metadata"]},
+                    lambda current, change=docs[1]: {**change, "metadata": current["metadata"]},
                 )
                 problems.append(f"{file.name}: the change of {field_} was accepted")
             except ApiError as exc:
