@@ -5,6 +5,7 @@ scrapes a small exporter whose request counters the test controls."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -203,6 +204,10 @@ class FakeKServe:
     rolled_out: str | None = None
     history: list[tuple[float, int | None, str | None]] = field(default_factory=list)
     on_change: Callable[[int | None, str | None], None] | None = None
+    # With tag routing (serving.kserve.io/enable-tag-routing), each traffic entry's URL.
+    tag_url: Callable[[str], str] | None = None
+    # Storage URIs whose revision never gets ready (e.g. an image that cannot be pulled).
+    never_ready: set[str] = field(default_factory=set)
     _seen: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -243,9 +248,14 @@ class FakeKServe:
             self.revisions.append((f"{self.name}-predictor-{len(self.revisions) + 1:05d}", storage))
             time.sleep(self.ready_delay)  # the new revision's pods come up
         latest = self.revisions[-1][0]
+        if model.get("storageUri") in self.never_ready:
+            self._stuck(generation, latest)
+            return
         previous = self.rolled_out
         if percent is None or latest == self.rolled_out or self.rolled_out is None:
-            traffic = [{"revisionName": latest, "percent": 100, "latestRevision": True}]
+            traffic: list[dict[str, Any]] = [
+                {"revisionName": latest, "percent": 100, "latestRevision": True}
+            ]
             if percent is None or self.rolled_out is None:
                 self.rolled_out = latest
         else:
@@ -263,6 +273,9 @@ class FakeKServe:
                     "tag": "prev",
                 },
             ]
+        if self.tag_url is not None:
+            for entry in traffic:
+                entry["url"] = self.tag_url(str(entry["revisionName"]))
         stamp = now_rfc3339()
         status = {
             "observedGeneration": generation,
@@ -278,6 +291,29 @@ class FakeKServe:
                     "latestRolledoutRevision": self.rolled_out,
                     "previousRolledoutRevision": previous,
                     "traffic": traffic,
+                }
+            },
+        }
+        KServe(self.kube).set_status(self.namespace, self.name, status)
+
+    def _stuck(self, generation: int, latest: str) -> None:
+        """The new revision fails to come up: KServe keeps all traffic where it was."""
+        stamp = now_rfc3339()
+        message = f"Revision {latest} failed with message: Back-off pulling image"
+        status = {
+            "observedGeneration": generation,
+            "conditions": [
+                {"type": t, "status": "False", "lastTransitionTime": stamp, "message": message}
+                for t in ("PredictorReady", "Ready")
+            ],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": latest,
+                    "latestReadyRevision": self.rolled_out,
+                    "latestRolledoutRevision": self.rolled_out,
+                    "traffic": [
+                        {"revisionName": self.rolled_out, "percent": 100, "latestRevision": False}
+                    ],
                 }
             },
         }
@@ -727,12 +763,216 @@ def test_no_data_holds_and_kubectl_plugin_abort_retry_promote(
         wait_phase(kube, namespace, "Paused", op, timeout=30)
         assert fake.percents()[-1] == 5
 
-        annotate("promote", "full-t3")
+        annotate("pause", "t3")
+        held = wait_for(
+            lambda: (st := rollout_status(kube, namespace)).get("pausedByCommand") == "t3" and st,
+            timeout=20,
+            what="the pause command",
+        )
+        assert "paused by whetstone.dev/pause=t3" in held["message"], held
+        assert condition(held, "Progressing")["reason"] == "PausedByCommand"
+        annotate("resume", "t4")
+        resumed = wait_for(
+            lambda: (
+                (st := rollout_status(kube, namespace)).get("handledCommands", {}).get("resume")
+                == "t4"
+                and st
+            ),
+            timeout=20,
+            what="the resume command",
+        )
+        assert "pausedByCommand" not in resumed, resumed
+
+        annotate("promote", "full-t5")
         done = wait_phase(kube, namespace, "Succeeded", op, timeout=30)
     finally:
         fake.stop()
 
-    assert done["handledCommands"] == {"abort": "t1", "retry": "t2", "promote": "full-t3"}
+    assert done["handledCommands"] == {
+        "abort": "t1",
+        "retry": "t2",
+        "pause": "t3",
+        "resume": "t4",
+        "promote": "full-t5",
+    }
     assert fake.percents() == [None, 5, 0, 5, None]
     spec = kube.get(ro_path(namespace, "grader"))["spec"]
     assert spec["modelVersion"] == "grader-v2"  # commands never touch the spec
+
+
+# --------------------------------------------------------------------------- golden prompts
+
+GRADE_SCHEMA = {
+    "type": "object",
+    "required": ["grade", "score"],
+    "properties": {"grade": {"enum": ["A", "B", "C", "D", "F"]}, "score": {"type": "number"}},
+}
+
+
+class ModelServer:
+    """Plays each revision's OpenAI-compatible endpoint behind its tag-routed URL
+    (/rev/<revision>/...): a revision loading a storage in `broken` answers prose where the
+    contract wants JSON."""
+
+    def __init__(self, fake: FakeKServe, broken: set[str]) -> None:
+        self.fake, self.broken = fake, broken
+        self.calls: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def storage_of(self, revision: str) -> str | None:
+        return next((s[0] for name, s in self.fake.revisions if name == revision), None)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        model = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                revision = self.path.split("/")[2]
+                model.calls.append(revision)
+                good = model.storage_of(revision) not in model.broken
+                content = '{"grade": "A", "score": 0.9}' if good else "I would give it an A."
+                raw = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_golden_prompts_abort_a_contract_break_and_a_new_version_rolls_out(
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    """The canary's structured output breaks the response schema: aborted at 5% by the golden
+    prompts though its error rate is fine; a fixed version set in spec.modelVersion starts a
+    fresh rollout from the same stable version and is promoted."""
+    healthy(prometheus, namespace)
+    for rev in ("grader-predictor-00004", "grader-predictor-00005"):
+        prometheus.exporter.set(namespace, rev, ok=20, errors=0)
+    create_inference_service(kube, namespace)
+    fake = FakeKServe(kube, namespace, "grader")
+    model = ModelServer(fake, broken={V2_URI})
+    fake.tag_url = lambda revision: f"{model.url}/rev/{revision}"
+    fake.start()
+    v3_uri = "s3://models/grader/v3/"
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+        create_model_version(kube, namespace, "grader-v3", 3, v3_uri)
+        body = rollout_body(
+            "grader",
+            "grader-v2",
+            [{"setWeight": 5}, {"pause": {"duration": "2s"}}, {"setWeight": 100}],
+            prometheus.url,
+            ERROR_RATE,
+        )
+        body["spec"]["strategy"]["canary"]["analysis"]["metrics"].append(
+            {
+                "name": "golden-prompts",
+                "http": {
+                    "prompts": [
+                        {
+                            "name": "essay-1",
+                            "body": {"messages": [{"role": "user", "content": "Grade: ..."}]},
+                        }
+                    ],
+                    "responseField": "choices.0.message.content",
+                    "responseSchema": GRADE_SCHEMA,
+                    "timeout": "5s",
+                },
+                "thresholdRange": {"min": 1},
+            }
+        )
+        kube.create(ro_path(namespace), body)
+        op = operator()
+        aborted = wait_phase(kube, namespace, "Aborted", op, timeout=60)
+        wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
+        assert "golden-prompts" in aborted["abortReason"], aborted
+        assert "not JSON text" in aborted["abortReason"], aborted
+        assert "error-rate" not in aborted["abortReason"]
+        assert "grader-predictor-00002" in model.calls  # the canary alone was asked
+        assert "grader-predictor-00001" not in model.calls
+
+        kube.patch(ro_path(namespace, "grader"), {"spec": {"modelVersion": "grader-v3"}})
+        done = wait_phase(kube, namespace, "Succeeded", op, timeout=90)
+    finally:
+        fake.stop()
+        model.close()
+
+    assert done["stableModelVersion"] == "grader-v3"
+    assert done["analysis"]["failures"] == 0
+    golden = next(r for r in done["analysis"]["lastResults"] if r["metric"] == "golden-prompts")
+    assert golden["passed"] is True and golden["value"] == 1.0, golden
+    # v2 at 5%, back to 0% on v1, then v3 from 5% to promotion.
+    uris = [uri for _, _, uri in fake.history]
+    assert uris.index(V2_URI) < uris.index(v3_uri)
+    assert fake.percents() == [None, 5, 0, 5, 100, None], fake.history
+    reasons = [
+        e["reason"]
+        for e in kube.list(resource_path("v1", "events", namespace))
+        if e["involvedObject"]["kind"] == "Rollout"
+    ]
+    assert "NewModelVersion" in reasons and "AnalysisFailed" in reasons, reasons
+    assert deployments(kube, namespace, "grader-v1") == []
+    assert kube.get(mv_path(namespace, "grader-v1"))["status"].get("supersededBy") == "grader-v3"
+
+
+def test_a_canary_that_never_gets_ready_is_aborted_at_the_progress_deadline(
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    healthy(prometheus, namespace)
+    create_inference_service(kube, namespace)
+    fake = FakeKServe(kube, namespace, "grader", never_ready={V2_URI}).start()
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+        body = rollout_body(
+            "grader",
+            "grader-v2",
+            [{"setWeight": 5}, {"setWeight": 100}],
+            prometheus.url,
+            ERROR_RATE,
+        )
+        body["spec"]["progressDeadlineSeconds"] = 3
+        kube.create(ro_path(namespace), body)
+        op = operator()
+        wait_for(lambda: 5 in fake.percents(), timeout=30, what="the canary at 5%")
+        asked = next(t for t, p, _ in fake.history if p == 5)
+        aborted = wait_phase(kube, namespace, "Aborted", op, timeout=30)
+        wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
+        zero = next(t for t, p, _ in fake.history if p == 0)
+    finally:
+        fake.stop()
+
+    print(f"\nprogress deadline 3s: canary asked -> rolled back {zero - asked:.1f}s")
+    # The deadline (its clock starts as the patch is decided, just before KServe sees it), then
+    # one resync (1s) and the write, with a margin for a loaded machine.
+    assert 2.5 <= zero - asked <= 8.0, zero - asked
+    assert condition(aborted, "Progressing")["reason"] == "ProgressDeadlineExceeded"
+    assert "progressDeadlineSeconds 3" in aborted["abortReason"]
+    assert "Back-off pulling image" in aborted["abortReason"], aborted["abortReason"]
+    assert aborted["canaryWeight"] == 0
+    assert "analysis" not in aborted or aborted["analysis"].get("successes", 0) == 0
+    isvc = kube.get(fake.path)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == V1_URI
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert deployments(kube, namespace, "grader-v2") == []

@@ -102,6 +102,7 @@ def test_cel_rules_are_emitted_for_cross_field_checks() -> None:
         "self.nodes <= 1 || has(self.deepspeed)",
         "spec.artifact is immutable",
         "a canary step has exactly one of setWeight, pause, analysis",
+        "an analysis metric has exactly one of prometheus, http",
     ):
         assert rule in text
 
@@ -116,4 +117,7 @@ def test_free_form_fields_are_only_where_meant() -> None:
     assert sorted(free) == [
         "finetunejobs.spec.resources.affinity",
         "finetunejobs.spec.resources.tolerations[]",
+        # A golden prompt's request body and the JSON Schema its answers must match.
+        "rollouts.spec.strategy.canary.analysis.metrics[].http.prompts[].body",
+        "rollouts.spec.strategy.canary.analysis.metrics[].http.responseSchema",
     ]

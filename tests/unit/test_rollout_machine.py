@@ -14,7 +14,9 @@ import pytest
 from whetstone_operator.api.rollout import PredictorStorage, RolloutSpec, RolloutStatus
 from whetstone_operator.rollout import (
     ABORT,
+    PAUSE,
     PROMOTE,
+    RESUME,
     RETRY,
     Measurement,
     Observed,
@@ -396,6 +398,83 @@ CASES: dict[str, Case] = {
         drive=lambda sim: sim.run(3),
         phase="Succeeded",
         patches=[],
+    ),
+    "pause command holds a timed step past its end, resume continues": Case(
+        build=lambda: Sim([w(5), pause("10s"), w(25), pause("10s"), w(100)]),
+        drive=lambda sim: (
+            sim.run(3),
+            sim.annotations.update({PAUSE: "p1"}),
+            sim.run(30),
+            sim.trace.append(("held", None, None)),  # type: ignore[arg-type]
+            sim.annotations.update({RESUME: "r1"}),
+            sim.run(30),
+        ),
+        phase="Succeeded",
+        patches=[
+            (V2.storage_uri, 5),
+            (V2.storage_uri, 25),
+            (V2.storage_uri, 100),
+            (V2.storage_uri, None),
+        ],
+        events=["Started", "PauseRequested", "Resumed", "Promoted"],
+        check=lambda sim: (
+            sim.trace[sim.trace.index(("held", None, None)) - 1] == ("Paused", 1, 5)
+            and sim.status.paused_by_command is None
+            and sim.status.handled_commands is not None
+            and sim.status.handled_commands.pause == "p1"
+            and sim.status.handled_commands.resume == "r1"
+        ),
+    ),
+    "paused by command still aborts on a failed analysis": Case(
+        build=lambda: Sim([w(5), pause("10s"), w(100)], analysis={}),
+        drive=lambda sim: (
+            analysed(sim, [good, good]),
+            sim.annotations.update({PAUSE: "p"}),
+            analysed(sim, [good, bad]),
+        ),
+        phase="Aborted",
+        patches=[(V2.storage_uri, 5), (V1.storage_uri, 0)],
+        events=["PauseRequested", "AnalysisFailed", "Aborted"],
+        check=lambda sim: sim.status.paused_by_command is None,
+    ),
+    "promote releases a pause command and skips the step": Case(
+        build=lambda: Sim([w(5), pause("1h"), w(100)]),
+        drive=lambda sim: (
+            sim.run(3),
+            sim.annotations.update({PAUSE: "p"}),
+            sim.run(2),
+            promote_after(sim, 0, value="go"),
+        ),
+        phase="Succeeded",
+        patches=[(V2.storage_uri, 5), (V2.storage_uri, 100), (V2.storage_uri, None)],
+        events=["PauseRequested", "Resumed", "PromoteRequested", "Promoted"],
+    ),
+    "resume without a pause and pause when finished are ignored": Case(
+        build=lambda: Sim([w(100)]),
+        drive=lambda sim: (
+            sim.annotations.update({RESUME: "r"}),
+            sim.run(1),
+            sim.run(5),
+            sim.annotations.update({PAUSE: "late"}),
+            sim.run(1),
+        ),
+        phase="Succeeded",
+        patches=[(V2.storage_uri, 100), (V2.storage_uri, None)],
+        events=["CommandIgnored", "Promoted", "CommandIgnored"],
+    ),
+    "an InferenceService without predictor.model fails, and starts once converted": Case(
+        build=lambda: Sim([w(5), w(100)]),
+        drive=lambda sim: (
+            setattr(sim, "service", dataclasses.replace(sim.service, model_form=False)),
+            sim.run(3),
+            sim.trace.append(("failed", None, None)),  # type: ignore[arg-type]
+            setattr(sim, "service", dataclasses.replace(sim.service, model_form=True)),
+            sim.run(8),
+        ),
+        phase="Succeeded",
+        patches=[(V2.storage_uri, 5), (V2.storage_uri, 100), (V2.storage_uri, None)],
+        events=["UnsupportedInferenceService", "Started", "Promoted"],
+        check=lambda sim: sim.trace[sim.trace.index(("failed", None, None)) - 1][0] == "Failed",
     ),
     "a missing InferenceService keeps the rollout pending": Case(
         build=lambda: Sim([w(5), w(100)]),

@@ -1,7 +1,14 @@
-"""Canary analysis I/O: one PromQL instant query against the Prometheus HTTP API -> one number.
+"""Canary analysis I/O: each check of a round -> one number.
 
-An empty result is no data (None); an unreachable server, an error answer, a query returning
-several series or a non-number is an error. Both are judged by the metric's `noData`.
+A PromQL instant query against the Prometheus HTTP API: an empty result is no data (None); an
+unreachable server, an error answer, a query returning several series or a non-number is an
+error. Both are judged by the metric's `noData`.
+
+Golden prompts: each prompt is POSTed to the canary revision alone and its answer (or the
+part `responseField` selects, parsed from JSON text) validated against the response schema;
+the value is the fraction that passed. An answer with an HTTP error status fails its prompt;
+when no prompt got any answer (the canary unreachable from the operator, or no canary URL
+known) the round has no data.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
-from whetstone_operator.rollout.judge import Measurement, Query
+from whetstone_operator.rollout.judge import Check, Measurement, Probe, Prompt, Query
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +75,102 @@ def query_prometheus(address: str, promql: str, timeout: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def measure(query: Query) -> Measurement:
-    """Run one metric's query; errors become part of the measurement."""
+class NoAnswerError(Exception):
+    """The request got no HTTP answer at all (connection refused, timeout, DNS)."""
+
+
+def select(answer: Any, path: str | None) -> Any:
+    """The part of a JSON answer a dotted path names (numbers index lists)."""
+    if not path:
+        return answer
+    current = answer
+    for part in path.split("."):
+        if isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        elif isinstance(current, Mapping) and part in current:
+            current = current[part]
+        else:
+            raise ValueError(f"the answer has no {path} (stopped at {part!r})")
+    return current
+
+
+def check_answer(probe: Probe, raw: bytes) -> str | None:
+    """Why an answer breaks the contract (None: it matches the response schema)."""
+    import jsonschema
+
+    try:
+        answer = json.loads(raw)
+    except ValueError as exc:
+        return f"the answer is not JSON: {exc}"
+    try:
+        part = select(answer, probe.response_field)
+    except ValueError as exc:
+        return str(exc)
+    if probe.parse_json and isinstance(part, str):
+        try:
+            part = json.loads(part)
+        except ValueError as exc:
+            where = probe.response_field or "the answer"
+            return f"{where} is not JSON text: {exc}: {part[:120]!r}"
+    validator_class = jsonschema.validators.validator_for(
+        probe.schema, jsonschema.Draft202012Validator
+    )
+    error = jsonschema.exceptions.best_match(validator_class(probe.schema).iter_errors(part))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"schema violation at {where}: {error.message}"[:300]
+
+
+def send_prompt(probe: Probe, prompt: Prompt) -> str | None:
+    """POST one golden prompt; why it failed (None: the answer matched). Raises NoAnswerError."""
+    assert probe.url is not None
+    data = json.dumps(prompt.body).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    headers.update(probe.headers)
+    request = urllib.request.Request(probe.url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=probe.timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:200].decode(errors="replace")
+        return f"HTTP {exc.code} {exc.reason}: {detail}".strip()
+    except (OSError, ValueError) as exc:
+        raise NoAnswerError(str(getattr(exc, "reason", exc))) from exc
+    return check_answer(probe, raw)
+
+
+def run_probe(probe: Probe) -> Measurement:
+    """Send every golden prompt; the value is the fraction whose answers matched."""
+    if probe.url is None:
+        return Measurement(probe.metric, None, error=probe.problem or "no canary URL")
+    failures: list[str] = []
+    unanswered: list[str] = []
+    for prompt in probe.prompts:
+        try:
+            why = send_prompt(probe, prompt)
+        except NoAnswerError as exc:
+            unanswered.append(f"{prompt.name}: {exc}")
+            failures.append(f"golden prompt {prompt.name}: no answer: {exc}")
+            continue
+        if why is not None:
+            failures.append(f"golden prompt {prompt.name}: {why}")
+    if len(unanswered) == len(probe.prompts):
+        return Measurement(probe.metric, None, error=f"no answer from {probe.url}: {unanswered[0]}")
+    total = len(probe.prompts)
+    passed = total - len(failures)
+    note = f"{passed} of {total} golden prompts passed"
+    if failures:
+        note += f"; {failures[0]}"
+        log.info("analysis %s: %s", probe.metric, "; ".join(failures))
+    return Measurement(probe.metric, passed / total, note=note)
+
+
+def measure(check: Check) -> Measurement:
+    """Run one metric's check; errors become part of the measurement."""
+    if isinstance(check, Probe):
+        return run_probe(check)
+    query: Query = check
     try:
         value = query_prometheus(query.address, query.query, query.timeout)
     except QueryError as exc:

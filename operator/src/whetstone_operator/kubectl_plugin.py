@@ -1,4 +1,5 @@
-"""`kubectl whetstone`: promote, abort and retry Rollouts, approve and revoke ModelVersions.
+"""`kubectl whetstone`: promote, abort, retry, pause and resume Rollouts, approve and revoke
+ModelVersions.
 
 Installed as the `kubectl-whetstone` executable, so kubectl finds it as a plugin. Every command
 is an annotation with a fresh value (the controller acts on each value once and records it in
@@ -7,6 +8,8 @@ status), so nothing that Argo CD syncs from Git changes:
     kubectl whetstone promote grader [--full] [-n ml]
     kubectl whetstone abort grader
     kubectl whetstone retry grader
+    kubectl whetstone pause grader
+    kubectl whetstone resume grader
     kubectl whetstone approve grader-llama-3-2-1b-v4-20261122
     kubectl whetstone revoke grader-llama-3-2-1b-v4-20261122
 """
@@ -21,7 +24,7 @@ import time
 
 from whetstone_operator.approval import APPROVE_ANNOTATION, REVOKE_ANNOTATION
 
-ROLLOUT_COMMANDS = ("promote", "abort", "retry")
+ROLLOUT_COMMANDS = ("promote", "abort", "retry", "pause", "resume")
 VERSION_COMMANDS = {"approve": APPROVE_ANNOTATION, "revoke": REVOKE_ANNOTATION}
 
 
@@ -40,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="kubectl whetstone", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("command", choices=[*ROLLOUT_COMMANDS, *VERSION_COMMANDS])
-    parser.add_argument("name", help="the Rollout (promote/abort/retry) or ModelVersion")
+    parser.add_argument(
+        "name",
+        help="the Rollout (promote/abort/retry/pause/resume) or the ModelVersion (approve/revoke)",
+    )
     parser.add_argument("-n", "--namespace", default=None)
     parser.add_argument("--full", action="store_true", help="promote: skip every remaining step")
     parser.add_argument(

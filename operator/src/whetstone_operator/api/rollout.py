@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -88,6 +88,92 @@ class PrometheusQuery(CamelModel):
     )
 
 
+class GoldenPrompt(CamelModel):
+    """One request sent to the canary, whose answer must match the response schema."""
+
+    name: str = Field(
+        min_length=1, max_length=128, pattern=DNS_SUBDOMAIN, description="Name of the prompt."
+    )
+    body: dict[str, Any] = Field(
+        description="JSON request body sent as is, e.g. an OpenAI chat completion request "
+        "with messages and response_format."
+    )
+
+
+def check_json_schema(schema: dict[str, Any]) -> None:
+    """Raise ValueError when `schema` is not a valid JSON Schema (its $schema dialect, else
+    2020-12)."""
+    # Imported here: only Rollouts with an http metric need it, and the operator's memory
+    # at scale counts every import.
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(
+            schema
+        )
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from exc
+
+
+class HttpCheck(CamelModel):
+    """Golden prompts sent to the canary revision alone, each answer checked against a JSON
+    Schema (a contract test for structured outputs). The metric's value is the fraction of
+    prompts that passed, 0 to 1: judge it with e.g. thresholdRange {min: 1}."""
+
+    url: str = Field(
+        default="{{canaryUrl}}/openai/v1/chat/completions",
+        min_length=1,
+        max_length=2048,
+        description="Where to POST each prompt. {{canaryUrl}} is the canary revision's "
+        "tag-routed URL from the InferenceService status (annotate the InferenceService with "
+        'serving.kserve.io/enable-tag-routing: "true"); {{canaryHost}}, {{canary}}, '
+        "{{namespace}} and {{inferenceService}} are also replaced.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra request headers, placeholders replaced as in url (e.g. "
+        "Host: {{canaryHost}} when url names the ingress gateway).",
+    )
+    prompts: list[GoldenPrompt] = Field(
+        min_length=1, max_length=50, description="The golden prompts, sent one after another."
+    )
+    response_field: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Dotted path to the part of the JSON answer that is checked, list indexes "
+        "as numbers (e.g. choices.0.message.content); omitted = the whole answer.",
+    )
+    parse_json: bool = Field(
+        default=True,
+        description="When the checked part is a string, parse it as JSON first (structured "
+        "outputs arrive as JSON text in the message content).",
+    )
+    response_schema: dict[str, Any] = Field(
+        description="JSON Schema (2020-12 unless $schema says otherwise) every answer must match."
+    )
+    timeout: str = Field(
+        default="30s", pattern=DURATION, max_length=64, description="Timeout of each request."
+    )
+
+    @field_validator("response_schema")
+    @classmethod
+    def _valid_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_json_schema(v)
+        return v
+
+    @field_validator("prompts")
+    @classmethod
+    def _unique_prompt_names(cls, v: list[GoldenPrompt]) -> list[GoldenPrompt]:
+        seen: set[str] = set()
+        for i, prompt in enumerate(v):
+            if prompt.name in seen:
+                raise ValueError(f"prompts[{i}].name {prompt.name!r} is used twice")
+            seen.add(prompt.name)
+        return v
+
+
 class ThresholdRange(CamelModel):
     """Acceptable range of a metric; a value outside fails the round."""
 
@@ -117,17 +203,44 @@ class ThresholdRange(CamelModel):
 
 
 class AnalysisMetric(CamelModel):
-    """One metric checked every interval."""
+    """One metric checked every interval: a Prometheus query or golden prompts over HTTP."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.prometheus) != has(self.http)",
+                    "message": "an analysis metric has exactly one of prometheus, http",
+                }
+            ]
+        }
+    )
 
     name: str = Field(
         min_length=1, max_length=128, pattern=DNS_SUBDOMAIN, description="Name of the metric."
     )
-    prometheus: PrometheusQuery = Field(description="Where and how to query it.")
+    prometheus: PrometheusQuery | None = Field(
+        default=None, description="A PromQL query returning one number."
+    )
+    http: HttpCheck | None = Field(
+        default=None,
+        description="Golden prompts sent to the canary; the value is the fraction whose "
+        "answers match the response schema.",
+    )
     threshold_range: ThresholdRange = Field(description="Acceptable range.")
     no_data: Literal["fail", "pass", "inconclusive"] = Field(
         default="inconclusive",
         description="What an empty result or a failed query counts as: fail, pass or inconclusive.",
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AnalysisMetric:
+        if (self.prometheus is None) == (self.http is None):
+            raise ValueError(
+                f"analysis metric {self.name!r} has exactly one of prometheus, http "
+                f"(found {'both' if self.prometheus else 'neither'})"
+            )
+        return self
 
 
 class Analysis(CamelModel):
@@ -296,6 +409,8 @@ class HandledCommands(CamelModel):
     promote: str | None = Field(default=None, description="Last handled whetstone.dev/promote.")
     abort: str | None = Field(default=None, description="Last handled whetstone.dev/abort.")
     retry: str | None = Field(default=None, description="Last handled whetstone.dev/retry.")
+    pause: str | None = Field(default=None, description="Last handled whetstone.dev/pause.")
+    resume: str | None = Field(default=None, description="Last handled whetstone.dev/resume.")
 
 
 class RolloutStatus(StatusBase):
@@ -303,7 +418,13 @@ class RolloutStatus(StatusBase):
 
     model_config = ConfigDict(extra="ignore")
 
-    phase: RolloutPhase | None = Field(default=None, description="Lifecycle phase.")
+    phase: RolloutPhase | None = Field(
+        default=None,
+        description="Pending (waiting for an approved ModelVersion or the InferenceService), "
+        "Progressing, Paused (a pause step, an analysis hold or whetstone.dev/pause), Succeeded "
+        "(promoted), Aborted (rolled back to the stable version) or Failed (the "
+        "InferenceService cannot be driven; the message says what to change).",
+    )
     current_step_index: int | None = Field(
         default=None, ge=0, description="Index of the step being executed."
     )
@@ -335,6 +456,11 @@ class RolloutStatus(StatusBase):
     )
     start_time: str | None = Field(default=None, description="When the rollout started.")
     completion_time: str | None = Field(default=None, description="When the rollout was promoted.")
+    paused_by_command: str | None = Field(
+        default=None,
+        description="Set while held by whetstone.dev/pause (its value); whetstone.dev/resume or "
+        "whetstone.dev/promote clears it.",
+    )
     handled_commands: HandledCommands | None = Field(
         default=None, description="Annotation commands already acted on."
     )

@@ -155,7 +155,7 @@ def reconcile_once(
         annotations=dict(meta.get("annotations") or {}),
     )
     now = _now()
-    queries = due_queries(obj, now)
+    queries = due_queries(obj, now, snapshot.service)
     measurements = tuple(analysis.measure(q) for q in queries) if queries else None
     world = World(service=snapshot.service, versions=snapshot.versions, measurements=measurements)
     decision = decide_rollout(obj, world, now)

@@ -19,10 +19,10 @@ from whetstone_operator.api.common import Condition
 from whetstone_operator.api.rollout import PredictorStorage, RolloutSpec, RolloutStatus
 from whetstone_operator.reconcile.validation import decide_validity
 from whetstone_operator.rollout import (
+    Check,
     Event,
     Measurement,
     Observed,
-    Query,
     ServiceView,
     analysis_due,
     build_predictor_patch,
@@ -166,15 +166,17 @@ def _parse_spec(raw: Mapping[str, Any]) -> RolloutSpec | None:
         return None
 
 
-def due_queries(obj: RolloutObject, now: datetime) -> list[Query]:
-    """The analysis queries to run before deciding (empty when no round is due)."""
+def due_queries(
+    obj: RolloutObject, now: datetime, service: ServiceView | None = None
+) -> list[Check]:
+    """The analysis checks to run before deciding (empty when no round is due)."""
     spec = _parse_spec(obj.spec)
     if spec is None:
         return []
     status = _parse_status(obj.status)
     if not analysis_due(spec, status, now):
         return []
-    return build_queries(spec, status, obj.namespace)
+    return build_queries(spec, status, obj.namespace, service)
 
 
 def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The canary of a Rollout as pure code: the state machine, KServe's view, analysis judging."""
 
 from whetstone_operator.rollout.judge import (
+    Check,
     Measurement,
+    Probe,
+    Prompt,
     Query,
     analysis_due,
     build_queries,
@@ -21,7 +24,9 @@ from whetstone_operator.rollout.kserve import (
 )
 from whetstone_operator.rollout.machine import (
     ABORT,
+    PAUSE,
     PROMOTE,
+    RESUME,
     RETRY,
     Event,
     Observed,
@@ -32,12 +37,17 @@ from whetstone_operator.rollout.machine import (
 
 __all__ = [
     "ABORT",
+    "PAUSE",
     "PROMOTE",
+    "RESUME",
     "RETRY",
+    "Check",
     "Desired",
     "Event",
     "Measurement",
     "Observed",
+    "Probe",
+    "Prompt",
     "Query",
     "ServiceView",
     "StepResult",

@@ -1,4 +1,9 @@
-"""Analysis as pure functions: when a round is due, the queries it runs, how results are judged."""
+"""Analysis as pure functions: when a round is due, the checks it runs, how results are judged.
+
+A round runs one check per metric: a Prometheus query (`Query`) or golden prompts sent to the
+canary over HTTP (`Probe`); either gives one number (`Measurement`), judged by the metric's
+thresholdRange. The I/O lives in `whetstone_operator.analysis`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 from whetstone_operator.api.common import format_time, parse_duration, parse_time
 from whetstone_operator.api.rollout import (
@@ -16,6 +22,7 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
+from whetstone_operator.rollout.kserve import ServiceView
 
 ACTIVE = ("Progressing", "Paused")
 Outcome = Literal["Successful", "Failed", "Inconclusive"]
@@ -33,12 +40,41 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """One golden prompt: its name and the JSON body to send."""
+
+    name: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One metric's golden prompts, placeholders filled in (url None: no canary URL known,
+    `problem` says why)."""
+
+    metric: str
+    url: str | None
+    headers: Mapping[str, str]
+    prompts: tuple[Prompt, ...]
+    response_field: str | None
+    parse_json: bool
+    schema: Mapping[str, Any]
+    timeout: float
+    problem: str | None = None
+
+
+Check = Query | Probe
+
+
+@dataclass(frozen=True)
 class Measurement:
-    """What a query returned: a value, nothing (None) or an error."""
+    """What a check returned: a value, nothing (None) or an error; `note` adds detail (e.g.
+    which golden prompt failed)."""
 
     metric: str
     value: float | None
     error: str | None = None
+    note: str = ""
 
 
 def render_query(text: str, variables: Mapping[str, str]) -> str:
@@ -62,8 +98,14 @@ def analysis_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> boo
     return (now - parse_time(last)).total_seconds() >= parse_duration(analysis.interval)
 
 
-def build_queries(spec: RolloutSpec, status: RolloutStatus, namespace: str) -> list[Query]:
-    """The round's queries with {{canary}}, {{stable}}, {{namespace}}, {{inferenceService}}."""
+def build_queries(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    namespace: str,
+    service: ServiceView | None = None,
+) -> list[Check]:
+    """The round's checks with {{canary}}, {{stable}}, {{namespace}}, {{inferenceService}}
+    and, for golden prompts, {{canaryUrl}} and {{canaryHost}} (from `service`'s traffic)."""
     analysis = spec.strategy.canary.analysis
     if analysis is None:
         return []
@@ -73,15 +115,48 @@ def build_queries(spec: RolloutSpec, status: RolloutStatus, namespace: str) -> l
         "namespace": namespace,
         "inferenceService": spec.inference_service.name,
     }
-    return [
-        Query(
-            metric=m.name,
-            address=m.prometheus.address,
-            query=render_query(m.prometheus.query, variables),
-            timeout=parse_duration(m.prometheus.timeout),
+    canary_url = service.url_of(status.canary_revision) if service is not None else None
+    checks: list[Check] = []
+    for m in analysis.metrics:
+        if m.prometheus is not None:
+            checks.append(
+                Query(
+                    metric=m.name,
+                    address=m.prometheus.address,
+                    query=render_query(m.prometheus.query, variables),
+                    timeout=parse_duration(m.prometheus.timeout),
+                )
+            )
+            continue
+        http = m.http
+        assert http is not None
+        probe_vars = dict(variables)
+        if canary_url:
+            probe_vars["canaryUrl"] = canary_url.rstrip("/")
+            probe_vars["canaryHost"] = urlparse(canary_url).netloc
+        url: str | None = render_query(http.url, probe_vars)
+        problem = None
+        if _PLACEHOLDER.search(url or ""):
+            problem = (
+                f"InferenceService {spec.inference_service.name} reports no URL for the canary "
+                f"revision {status.canary_revision}: annotate it with "
+                'serving.kserve.io/enable-tag-routing: "true", or set http.url'
+            )
+            url = None
+        checks.append(
+            Probe(
+                metric=m.name,
+                url=url,
+                headers={k: render_query(v, probe_vars) for k, v in http.headers.items()},
+                prompts=tuple(Prompt(p.name, p.body) for p in http.prompts),
+                response_field=http.response_field,
+                parse_json=http.parse_json,
+                schema=http.response_schema,
+                timeout=parse_duration(http.timeout),
+                problem=problem,
+            )
         )
-        for m in analysis.metrics
-    ]
+    return checks
 
 
 def _bounds(metric: AnalysisMetric) -> str:
@@ -109,12 +184,13 @@ def judge(metric: AnalysisMetric, measured: Measurement | None, now: datetime) -
     low, high = metric.threshold_range.min, metric.threshold_range.max
     ok = (low is None or value >= low) and (high is None or value <= high)
     verdict = "within" if ok else "outside"
+    note = f": {measured.note}" if measured is not None and measured.note else ""
     return AnalysisResult(
         metric=metric.name,
         value=value,
         passed=ok,
         time=stamp,
-        message=f"{value:g} is {verdict} the range ({_bounds(metric)})",
+        message=f"{value:g} is {verdict} the range ({_bounds(metric)}){note}"[:1024],
     )
 
 

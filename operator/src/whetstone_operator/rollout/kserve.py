@@ -28,6 +28,8 @@ class Traffic:
     revision: str
     percent: int
     latest: bool = False
+    tag: str | None = None
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class ServiceView:
     latest_ready_revision: str | None = None
     latest_created_revision: str | None = None
     traffic: tuple[Traffic, ...] = ()
+    model_form: bool = True
+
+    def url_of(self, revision: str | None) -> str | None:
+        """The tag-routed URL reaching `revision` alone (KServe's tag routing), if reported."""
+        return next(
+            (t.url for t in self.traffic if revision and t.revision == revision and t.url), None
+        )
 
     def percent_of(self, revision: str | None) -> int:
         """Traffic (%) KServe reports for `revision`."""
@@ -96,6 +105,8 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
             revision=str(t.get("revisionName", "")),
             percent=_int_or_none(t.get("percent")) or 0,
             latest=bool(t.get("latestRevision", False)),
+            tag=str(t["tag"]) if t.get("tag") else None,
+            url=str(t["url"]) if t.get("url") else None,
         )
         for t in component.get("traffic", []) or []
         if t.get("revisionName")
@@ -111,6 +122,7 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
         latest_ready_revision=component.get("latestReadyRevision"),
         latest_created_revision=component.get("latestCreatedRevision"),
         traffic=traffic,
+        model_form=isinstance(predictor.get("model"), Mapping),
     )
 
 

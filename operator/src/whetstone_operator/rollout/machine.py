@@ -4,7 +4,8 @@ Pure: no I/O, `now` is a parameter, every piece of state is in the returned stat
 restarted operator resumes exactly where status says it was. Each call:
 
 1. a new spec.modelVersion resets the rollout (keeping the stable version it started from);
-2. new annotation commands (abort, retry, promote) are acted on and recorded as handled;
+2. new annotation commands (abort, retry, pause, resume, promote) are acted on and recorded
+   as handled;
 3. a round of analysis measured by the caller is judged and counted (too many failures abort);
 4. the current step is held until KServe serves its weight, its pause or analysis is over and
    no analysis hold applies; then the next step starts, as far as the observed state allows;
@@ -42,6 +43,9 @@ from whetstone_operator.rollout.kserve import Desired, ServiceView, check_ready,
 PROMOTE = "whetstone.dev/promote"
 ABORT = "whetstone.dev/abort"
 RETRY = "whetstone.dev/retry"
+PAUSE = "whetstone.dev/pause"
+RESUME = "whetstone.dev/resume"
+COMMANDS = (("abort", ABORT), ("retry", RETRY), ("pause", PAUSE), ("resume", RESUME))
 ACTIVE = ("Progressing", "Paused")
 HISTORY = 10
 
@@ -164,18 +168,25 @@ class _Machine:
                 self.ignored(ABORT, commands["abort"])
         if "retry" in commands:
             self.handled().retry = commands["retry"]
-            if self.s.phase == "Aborted":
+            if self.s.phase in ("Aborted", "Failed"):
                 self.retry(commands["retry"])
             else:
                 self.ignored(RETRY, commands["retry"])
+        service = self.obs.service
+        if self.s.phase == "Failed" and service is not None and service.model_form:
+            self.s.phase = "Pending"  # the InferenceService was fixed: start over
         if self.s.phase in (None, "Pending"):
             self.start()
+        self.pause_commands(commands)
         promote = commands.get("promote")
         if promote is not None:
             self.handled().promote = promote
             if self.s.phase not in ACTIVE:
                 self.ignored(PROMOTE, promote)
                 promote = None
+            elif self.s.paused_by_command is not None:
+                self.s.paused_by_command = None
+                self.event("Normal", "Resumed", f"{PROMOTE}={promote} resumes the rollout")
         if self.s.phase in ACTIVE:
             self.progress(promote)
         elif self.s.phase == "Aborted":
@@ -185,11 +196,34 @@ class _Machine:
     def new_commands(self) -> dict[str, str]:
         handled = self.s.handled_commands or HandledCommands()
         new = {}
-        for key, name in (("abort", ABORT), ("retry", RETRY), ("promote", PROMOTE)):
+        for key, name in (*COMMANDS, ("promote", PROMOTE)):
             value = self.obs.annotations.get(name)
             if value is not None and value != getattr(handled, key):
                 new[key] = value
         return new
+
+    def pause_commands(self, commands: dict[str, str]) -> None:
+        """whetstone.dev/pause holds an active rollout at its step; resume lets it go on."""
+        s = self.s
+        if "pause" in commands:
+            value = self.handled().pause = commands["pause"]
+            if s.phase in ACTIVE and s.paused_by_command is None:
+                s.paused_by_command = value
+                self.event(
+                    "Normal",
+                    "PauseRequested",
+                    f"{PAUSE}={value}: holding at step {s.current_step_index} "
+                    f"({s.canary_weight}%) until {RESUME} or {PROMOTE} is set",
+                )
+            else:
+                self.ignored(PAUSE, value)
+        if "resume" in commands:
+            value = self.handled().resume = commands["resume"]
+            if s.phase in ACTIVE and s.paused_by_command is not None:
+                s.paused_by_command = None
+                self.event("Normal", "Resumed", f"{RESUME}={value}: the rollout goes on")
+            else:
+                self.ignored(RESUME, value)
 
     def ignored(self, name: str, value: str) -> None:
         self.event(
@@ -255,6 +289,16 @@ class _Machine:
             self.state("Pending", f"waiting: {message}")
             self.hold_stable()
             return
+        if not service.model_form:
+            message = (
+                f"InferenceService {service.name} has no spec.predictor.model: only the "
+                "predictor.model form (KServe >= 0.8: modelFormat + storageUri) can be rolled "
+                "out; convert it, and the rollout starts by itself"
+            )
+            if self.condition("Progressing", False, "UnsupportedInferenceService", message):
+                self.event("Warning", "UnsupportedInferenceService", message)
+            self.state("Failed", message)
+            return
         if s.stable_storage is None:
             s.stable_model_version = obs.serving_version
             s.stable_storage = service.storage
@@ -267,6 +311,7 @@ class _Machine:
         s.canary_revision = None
         s.abort_reason = None
         s.completion_time = None
+        s.paused_by_command = None
         s.start_time = format_time(self.now)
         s.analysis = AnalysisStatus() if self.analysis is not None else None
         if same_storage(obs.candidate, s.stable_storage):
@@ -287,6 +332,7 @@ class _Machine:
         s = self.s
         s.phase = "Aborted"
         s.abort_reason = message
+        s.paused_by_command = None
         s.canary_weight = 0
         s.step_start_time = None
         s.not_ready_since = None
@@ -338,6 +384,17 @@ class _Machine:
         if not self.account_analysis():
             return
         n = len(self.steps)
+        if s.paused_by_command is not None and promote is None:
+            # Held by hand: the predictor stays as it is, the analysis keeps running (and can
+            # still abort), no clock can end the hold.
+            index = s.current_step_index or 0
+            where = "promotion" if index >= n else f"step {index}"
+            self.state(
+                "Paused",
+                f"{where}: paused by {PAUSE}={s.paused_by_command}: set {RESUME} to continue",
+            )
+            self.condition("Progressing", True, "PausedByCommand", s.message or "")
+            return
         if promote is not None and (s.current_step_index or 0) < n:
             index = s.current_step_index or 0
             full = promote.lower().startswith("full")
