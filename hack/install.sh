@@ -16,3 +16,9 @@ esac
 # torch is pinned on the same line so pip takes the CPU wheel and never a CUDA build;
 # DS_BUILD_OPS=0: DeepSpeed compiles its ops on first use instead of at install.
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "torch==2.13.0" -e ".[${extras}]"
+if [ "$what" = all ]; then
+  # The KServe SDK's generated models are the reference for InferenceService field names
+  # (tests/unit/test_kserve_fields.py); its model-server dependencies (hundreds of MB) are
+  # not needed for that, hence --no-deps.
+  .venv/bin/python -m pip install -q --no-deps "kserve==0.21.0"
+fi

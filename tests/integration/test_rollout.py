@@ -239,7 +239,7 @@ class FakeKServe:
     def _reconcile(self, obj: dict[str, Any], generation: int) -> None:
         predictor = obj["spec"]["predictor"]
         model = predictor.get("model", {})
-        storage = (model.get("storageUri"), model.get("storageUris"))
+        storage = (model.get("storageUri"), predictor.get("storageUris"))
         percent = predictor.get("canaryTrafficPercent")
         self.history.append((time.monotonic(), percent, model.get("storageUri")))
         if self.on_change is not None:

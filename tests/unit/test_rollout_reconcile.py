@@ -145,8 +145,8 @@ def test_adapter_storage_keeps_the_base_model_beside_the_adapter() -> None:
     storage = candidate_storage("s3://m/adapter/", "adapter", "hf://org/base")
     assert storage.wire() == {
         "storageUris": [
-            {"uri": "hf://org/base", "path": BASE_PATH},
-            {"uri": "s3://m/adapter/", "path": ADAPTER_PATH},
+            {"uri": "hf://org/base", "mountPath": BASE_PATH},
+            {"uri": "s3://m/adapter/", "mountPath": ADAPTER_PATH},
         ]
     }
     patch = build_predictor_patch(Desired(storage, 5))
@@ -154,14 +154,16 @@ def test_adapter_storage_keeps_the_base_model_beside_the_adapter() -> None:
         "spec": {
             "predictor": {
                 "canaryTrafficPercent": 5,
-                "model": {"storageUri": None, "storageUris": storage.wire()["storageUris"]},
+                "storageUris": storage.wire()["storageUris"],
+                "model": {"storageUri": None},
             }
         }
     }
     merged = build_predictor_patch(Desired(candidate_storage("s3://m/v2/", "merged", None), None))
     assert merged["spec"]["predictor"] == {
         "canaryTrafficPercent": None,
-        "model": {"storageUri": "s3://m/v2/", "storageUris": None},
+        "storageUris": None,
+        "model": {"storageUri": "s3://m/v2/"},
     }
 
 
@@ -281,7 +283,8 @@ def test_first_reconcile_patches_the_predictor_and_records_both_deployments() ->
                 "spec": {
                     "predictor": {
                         "canaryTrafficPercent": 5,
-                        "model": {"storageUri": "s3://models/grader/v2/", "storageUris": None},
+                        "storageUris": None,
+                        "model": {"storageUri": "s3://models/grader/v2/"},
                     }
                 }
             },
@@ -410,7 +413,8 @@ def test_abort_annotation_restores_the_stable_storage_at_zero() -> None:
             "spec": {
                 "predictor": {
                     "canaryTrafficPercent": 0,
-                    "model": {"storageUri": "s3://models/grader/v1/", "storageUris": None},
+                    "storageUris": None,
+                    "model": {"storageUri": "s3://models/grader/v1/"},
                 }
             }
         },

@@ -386,10 +386,21 @@ class AnalysisStatus(CamelModel):
 
 
 class StorageUri(CamelModel):
-    """One entry of a predictor's storageUris."""
+    """One entry of a predictor's storageUris (KServe's StorageUri)."""
 
     uri: str = Field(description="Model location.")
-    path: str | None = Field(default=None, description="Where it is mounted in the container.")
+    mount_path: str | None = Field(
+        default=None, description="Where it is mounted in the container (KServe: /mnt/models)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_path(cls, data: Any) -> Any:
+        # Statuses written before the field followed KServe's name call it `path`.
+        if isinstance(data, dict) and "path" in data and "mountPath" not in data:
+            data = {**data, "mountPath": data["path"]}
+            del data["path"]
+        return data
 
 
 class PredictorStorage(CamelModel):
@@ -399,7 +410,7 @@ class PredictorStorage(CamelModel):
         default=None, description="spec.predictor.model.storageUri of the InferenceService."
     )
     storage_uris: list[StorageUri] | None = Field(
-        default=None, description="spec.predictor.model.storageUris (base model + adapter)."
+        default=None, description="spec.predictor.storageUris (base model + adapter)."
     )
 
 

@@ -80,16 +80,17 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _storage(model: Mapping[str, Any]) -> PredictorStorage:
-    uris = model.get("storageUris")
+def _storage(predictor: Mapping[str, Any]) -> PredictorStorage:
+    # KServe: spec.predictor.model.storageUri, or several on spec.predictor.storageUris.
+    uris = predictor.get("storageUris")
     entries = None
     if isinstance(uris, list):
         entries = [
-            StorageUri(uri=str(u.get("uri", "")), path=u.get("path"))
+            StorageUri(uri=str(u.get("uri", "")), mount_path=u.get("mountPath"))
             for u in uris
             if isinstance(u, Mapping)
         ]
-    uri = model.get("storageUri")
+    uri = (predictor.get("model", {}) or {}).get("storageUri")
     return PredictorStorage(storage_uri=str(uri) if uri else None, storage_uris=entries or None)
 
 
@@ -115,7 +116,7 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
         name=str(meta.get("name", "")),
         generation=_int_or_none(meta.get("generation")) or 1,
         observed_generation=_int_or_none(status.get("observedGeneration")),
-        storage=_storage(predictor.get("model", {}) or {}),
+        storage=_storage(predictor),
         canary_traffic_percent=_int_or_none(predictor.get("canaryTrafficPercent")),
         ready=ready is not None and ready.get("status") == "True",
         ready_message=str((ready or {}).get("message") or (ready or {}).get("reason") or ""),
@@ -132,8 +133,8 @@ def candidate_storage(uri: str, artifact_format: str, base_uri: str | None) -> P
     if artifact_format == "adapter" and base_uri:
         return PredictorStorage(
             storage_uris=[
-                StorageUri(uri=base_uri, path=BASE_PATH),
-                StorageUri(uri=uri, path=ADAPTER_PATH),
+                StorageUri(uri=base_uri, mount_path=BASE_PATH),
+                StorageUri(uri=uri, mount_path=ADAPTER_PATH),
             ]
         )
     return PredictorStorage(storage_uri=uri)
@@ -147,8 +148,8 @@ def same_storage(a: PredictorStorage, b: PredictorStorage) -> bool:
     """Equal up to trailing slashes (s3://b/k/ and s3://b/k name the same folder)."""
     if _norm(a.storage_uri) != _norm(b.storage_uri):
         return False
-    ua = [(_norm(u.uri), u.path) for u in a.storage_uris or []]
-    ub = [(_norm(u.uri), u.path) for u in b.storage_uris or []]
+    ua = [(_norm(u.uri), u.mount_path) for u in a.storage_uris or []]
+    ub = [(_norm(u.uri), u.mount_path) for u in b.storage_uris or []]
     return ua == ub
 
 
@@ -167,10 +168,8 @@ def build_predictor_patch(desired: Desired) -> dict[str, Any]:
         "spec": {
             "predictor": {
                 "canaryTrafficPercent": desired.canary_traffic_percent,
-                "model": {
-                    "storageUri": storage.get("storageUri"),
-                    "storageUris": storage.get("storageUris"),
-                },
+                "storageUris": storage.get("storageUris"),
+                "model": {"storageUri": storage.get("storageUri")},
             }
         }
     }
