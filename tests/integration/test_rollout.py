@@ -702,7 +702,7 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
     ]
 
 
-def test_no_data_holds_and_kubectl_plugin_abort_retry_promote(
+def test_no_data_holds_and_kubectl_plugin_abort_retry_pause_resume_promote(
     control_plane: ControlPlane,
     kube: Kube,
     namespace: str,
