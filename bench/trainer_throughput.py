@@ -18,6 +18,7 @@ is printed and JSON written to bench/results/trainer_throughput*.json.
 
     .venv/bin/python bench/trainer_throughput.py
     python bench/trainer_throughput.py --device cuda --model-size small --method full
+    python bench/trainer_throughput.py --device cuda --model-size 1b --method full  # MFU
 """
 
 from __future__ import annotations
@@ -77,7 +78,20 @@ SIZES: dict[str, dict[str, int]] = {
         "num_hidden_layers": 12,
         "num_attention_heads": 12,
     },
+    # Llama-3.2-1B's layers (about 1.0B parameters with the data-trained vocabulary), random
+    # weights: model FLOPs utilisation depends on the shape, not on what the weights learned.
+    "1b": {
+        "max_seq_length": 2048,
+        "examples": 2000,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+    },
 }
+# Dense bf16 peak TFLOP/s by device name, for model FLOPs utilisation.
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 
 
 # --- the dataset --------------------------------------------------------------------------
@@ -148,11 +162,11 @@ def build_model(work: Path, size: str, max_len: int, seed: int) -> Path:
     tokenizer.model_max_length = max_len
     tokenizer.save_pretrained(target)
     shape: dict[str, Any] = {
-        k: v for k, v in SIZES["small"].items() if k not in ("max_seq_length", "examples")
+        k: v for k, v in SIZES[size].items() if k not in ("max_seq_length", "examples")
     }
+    shape.setdefault("num_key_value_heads", shape["num_attention_heads"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        num_key_value_heads=shape["num_attention_heads"],
         max_position_embeddings=max_len,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -413,7 +427,12 @@ def run_variant(spec: Spec) -> dict[str, Any]:
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if spec.method == "full":
             # 6 * parameters per real token (forward + backward), attention not counted.
-            result["model_tflops"] = round(6 * params * steady_real / steady_s / 1e12, 2)
+            tflops = 6 * params * steady_real / steady_s / 1e12
+            result["model_tflops"] = round(tflops, 2)
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+            if peak is not None:
+                result["mfu_percent"] = round(100 * tflops / peak, 2)
     if profile_table is not None:
         result["profile"] = profile_table
     return result
