@@ -480,18 +480,48 @@ def pack(examples: Sequence[TokenizedExample], max_len: int) -> list[Row]:
     """
     order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
     rows: list[Row] = []
+    space = _FreeSpace(len(examples), max_len)
     for i in order:
         example = examples[i]
-        for row in rows:
-            if len(row) + len(example) <= max_len:
-                break
-        else:
-            row = Row([], [], [])
-            rows.append(row)
+        # The first row with room; rows not opened yet have all of max_len, so the first
+        # of them is found exactly when no open row has room.
+        index = space.first_fit(len(example))
+        if index is None or index == len(rows):
+            index = len(rows)
+            rows.append(Row([], [], []))
+        row = rows[index]
         row.input_ids.extend(example.input_ids)
         row.labels.extend(example.labels)
         row.position_ids.extend(range(len(example)))
+        space.set(index, max_len - len(row))
     return rows
+
+
+class _FreeSpace:
+    """Free space per row in a max segment tree: the first row with room in O(log n), which
+    keeps first-fit packing O(n log n) on datasets of millions of examples."""
+
+    def __init__(self, rows: int, capacity: int) -> None:
+        self.size = 1
+        while self.size < max(rows, 1):
+            self.size *= 2
+        self.tree = [capacity] * (2 * self.size)
+
+    def set(self, index: int, free: int) -> None:
+        node = index + self.size
+        self.tree[node] = free
+        node //= 2
+        while node:
+            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
+            node //= 2
+
+    def first_fit(self, need: int) -> int | None:
+        if self.tree[1] < need:
+            return None
+        node = 1
+        while node < self.size:
+            node = 2 * node if self.tree[2 * node] >= need else 2 * node + 1
+        return node - self.size
 
 
 def padding_waste_percent(lengths: Sequence[int], batch_size: int) -> float:
