@@ -5,7 +5,6 @@ scrapes a small exporter whose request counters the test controls."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -40,6 +38,7 @@ from cluster import (
     resource_path,
     wait_for,
 )
+from tests.loopback import LoopbackServer, QuietHandler
 
 pytestmark = pytest.mark.integration
 
@@ -66,10 +65,8 @@ class Exporter:
         self._lock = threading.Lock()
         # (namespace, revision, code) -> (count at `since`, rate per second, since)
         self._series: dict[tuple[str, str, str], tuple[float, float, float]] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server = LoopbackServer(self._handler())
+        self.port = self.server.port
 
     def set(self, namespace: str, revision: str, *, ok: float, errors: float) -> None:
         now = time.monotonic()
@@ -91,26 +88,17 @@ class Exporter:
                 )
         return "\n".join(lines) + "\n"
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         exporter = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                body = exporter.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: Any) -> None:
-                pass
+                self.reply(200, exporter.render(), "text/plain; version=0.0.4")
 
         return Handler
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @dataclass
@@ -817,38 +805,28 @@ class ModelServer:
     def __init__(self, fake: FakeKServe, broken: set[str]) -> None:
         self.fake, self.broken = fake, broken
         self.calls: list[str] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(self._handler())
+        self.url = self.server.url
 
     def storage_of(self, revision: str) -> str | None:
         return next((s[0] for name, s in self.fake.revisions if name == revision), None)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         model = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.read_json()
                 revision = self.path.split("/")[2]
                 model.calls.append(revision)
                 good = model.storage_of(revision) not in model.broken
                 content = '{"grade": "A", "score": 0.9}' if good else "I would give it an A."
-                raw = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *_: Any) -> None:
-                pass
+                self.reply(200, {"choices": [{"message": {"content": content}}]})
 
         return Handler
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def test_golden_prompts_abort_a_contract_break_and_a_new_version_rolls_out(

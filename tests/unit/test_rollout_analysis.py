@@ -3,11 +3,8 @@ against a loopback server answering like the Prometheus HTTP API."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -24,6 +21,8 @@ from whetstone_operator.rollout import (
     render_query,
     round_outcome,
 )
+
+from tests.loopback import LoopbackServer, QuietHandler
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 
@@ -168,21 +167,12 @@ def test_round_outcome_failed_beats_inconclusive() -> None:
 # ----------------------------------------------------------------------------- client
 
 
-class _Prometheus(BaseHTTPRequestHandler):
+class _Prometheus(QuietHandler):
     answers: dict[str, tuple[int, Any]] = {}
 
     def do_GET(self) -> None:
         query = parse_qs(urlparse(self.path).query)["query"][0]
-        code, body = self.answers.get(query, (200, {"status": "success", "data": {}}))
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *_: Any) -> None:
-        pass
+        self.reply(*self.answers.get(query, (200, {"status": "success", "data": {}})))
 
 
 def _vector(*values: str) -> dict[str, Any]:
@@ -207,14 +197,8 @@ def prometheus() -> Iterator[str]:
             {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"},
         ),
     }
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Prometheus)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with LoopbackServer(_Prometheus) as server:
+        yield server.url
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,9 @@ outputs (good answers, contract breaks, server errors, silence)."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -26,6 +23,8 @@ from whetstone_operator.rollout import (
     build_queries,
     judge,
 )
+
+from tests.loopback import LoopbackServer, QuietHandler
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 GRADE_SCHEMA = {
@@ -177,13 +176,13 @@ def test_no_tag_routed_url_is_no_data_with_the_fix() -> None:
 # ----------------------------------------------------------------------------- the client
 
 
-class _ModelServer(BaseHTTPRequestHandler):
+class _ModelServer(QuietHandler):
     """Answers a chat completion by what the prompt asks for."""
 
     seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         self.seen.append((self.path, dict(self.headers), body))
         prompt = body["messages"][-1]["content"]
         content = {
@@ -193,37 +192,20 @@ class _ModelServer(BaseHTTPRequestHandler):
             "prose": "The essay deserves an A.",
         }.get(prompt)
         if prompt == "error":
-            self._send(500, {"error": "CUDA out of memory"})
+            self.reply(500, {"error": "CUDA out of memory"})
             return
         if prompt == "slow":
             time.sleep(1.5)
         answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
         if prompt == "no-choices":
             answer = {"object": "chat.completion"}
-        self._send(200, answer)
-
-    def _send(self, code: int, body: dict[str, Any]) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def log_message(self, *_: Any) -> None:
-        pass
+        self.reply(200, answer)
 
 
 @pytest.fixture(scope="module")
 def canary_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with LoopbackServer(_ModelServer) as server:
+        yield server.url
 
 
 def probe_for(url: str | None, prompts: list[str], **http: Any) -> Probe:
@@ -305,3 +287,16 @@ def test_a_prometheus_measurement_is_unchanged_by_notes() -> None:
         }
     )
     assert judge(m, Measurement("e", 0.5), NOW).message == "0.5 is outside the range (<= 0.01)"
+
+
+def test_a_round_measures_every_check_in_order(canary_url: str) -> None:
+    slow = probe_for(canary_url, ["slow"])  # answers after 1.5 s, past its 1 s timeout
+    good = Probe(
+        **{**slow.__dict__, "metric": "good", "prompts": probe_for(canary_url, ["good"]).prompts}
+    )
+    down = Query("error-rate", "http://127.0.0.1:9", "up", 1.0)
+    measured = analysis.measure_all([slow, good, down])
+    assert [m.metric for m in measured] == ["golden-prompts", "good", "error-rate"]
+    assert measured[0].value is None and measured[0].error is not None  # no answer at all
+    assert measured[1].value == 1.0
+    assert measured[2].error is not None and "unreachable" in measured[2].error

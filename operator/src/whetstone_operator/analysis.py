@@ -19,12 +19,15 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from whetstone_operator.rollout.judge import Check, Measurement, Probe, Prompt, Query
 
 log = logging.getLogger(__name__)
+PROMPTS_AT_ONCE = 4
+CHECKS_AT_ONCE = 8
 
 
 class QueryError(Exception):
@@ -144,17 +147,26 @@ def run_probe(probe: Probe) -> Measurement:
     """Send every golden prompt; the value is the fraction whose answers matched."""
     if probe.url is None:
         return Measurement(probe.metric, None, error=probe.problem or "no canary URL")
-    failures: list[str] = []
-    unanswered: list[str] = []
-    for prompt in probe.prompts:
+
+    def outcome(prompt: Prompt) -> tuple[str | None, bool]:
+        """(why it failed, whether it got an answer at all)."""
         try:
-            why = send_prompt(probe, prompt)
+            return send_prompt(probe, prompt), True
         except NoAnswerError as exc:
-            unanswered.append(f"{prompt.name}: {exc}")
-            failures.append(f"golden prompt {prompt.name}: no answer: {exc}")
-            continue
-        if why is not None:
-            failures.append(f"golden prompt {prompt.name}: {why}")
+            return f"no answer: {exc}", False
+
+    with ThreadPoolExecutor(max_workers=min(PROMPTS_AT_ONCE, len(probe.prompts))) as pool:
+        outcomes = list(pool.map(outcome, probe.prompts))
+    failures = [
+        f"golden prompt {prompt.name}: {why}"
+        for prompt, (why, _) in zip(probe.prompts, outcomes, strict=True)
+        if why is not None
+    ]
+    unanswered = [
+        f"{prompt.name}: {why}"
+        for prompt, (why, answered) in zip(probe.prompts, outcomes, strict=True)
+        if not answered
+    ]
     if len(unanswered) == len(probe.prompts):
         return Measurement(probe.metric, None, error=f"no answer from {probe.url}: {unanswered[0]}")
     total = len(probe.prompts)
@@ -164,6 +176,14 @@ def run_probe(probe: Probe) -> Measurement:
         note += f"; {failures[0]}"
         log.info("analysis %s: %s", probe.metric, "; ".join(failures))
     return Measurement(probe.metric, passed / total, note=note)
+
+
+def measure_all(checks: Sequence[Check]) -> tuple[Measurement, ...]:
+    """A round's checks side by side: a slow one does not delay the others' verdict."""
+    if len(checks) <= 1:
+        return tuple(measure(c) for c in checks)
+    with ThreadPoolExecutor(max_workers=min(CHECKS_AT_ONCE, len(checks))) as pool:
+        return tuple(pool.map(measure, checks))
 
 
 def measure(check: Check) -> Measurement:

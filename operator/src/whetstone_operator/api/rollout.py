@@ -136,7 +136,7 @@ class HttpCheck(CamelModel):
         "Host: {{canaryHost}} when url names the ingress gateway).",
     )
     prompts: list[GoldenPrompt] = Field(
-        min_length=1, max_length=50, description="The golden prompts, sent one after another."
+        min_length=1, max_length=50, description="The golden prompts, sent four at a time."
     )
     response_field: str | None = Field(
         default=None,

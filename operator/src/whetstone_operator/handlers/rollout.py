@@ -156,7 +156,7 @@ def reconcile_once(
     )
     now = _now()
     queries = due_queries(obj, now, snapshot.service)
-    measurements = tuple(analysis.measure(q) for q in queries) if queries else None
+    measurements = analysis.measure_all(queries) if queries else None
     world = World(service=snapshot.service, versions=snapshot.versions, measurements=measurements)
     decision = decide_rollout(obj, world, now)
     # Status first: it records the stable version and the step before the InferenceService is
