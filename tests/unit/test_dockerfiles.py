@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tomllib
 
 import pytest
 
@@ -66,3 +67,13 @@ def test_operator_image_never_installs_torch() -> None:
     text = " ".join(_lines("Dockerfile.operator"))
     assert "torch" not in text.replace("'torch' not in sys.modules", "")
     assert ".[trainer" not in text
+
+
+def test_operator_image_installs_every_operator_requirement() -> None:
+    """The image builds wheels for a list of its own (no pip resolve of the project's extras):
+    every requirement of the base install and the operator extra has to be in it."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["operator"]]
+    text = " ".join(_lines("Dockerfile.operator"))
+    missing = [req for req in wanted if f'"{req}"' not in text]
+    assert missing == [], f"Dockerfile.operator does not install {missing}"

@@ -297,10 +297,35 @@ def _sources() -> list[Path]:
     return sorted(OPERATOR_SRC.rglob("*.py"))
 
 
+# k8s.py's own REST calls: _call("verb", group, version, "plural", ..., subresource="status").
+REST_RESOURCES = {
+    **KOPF_RESOURCES,
+    **{plural: group for group, plural in CLIENT_RESOURCES.values()},
+}
+
+
+def rest_calls(node: ast.Call) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of one k8s._call(...)."""
+    literals = [a.value for a in node.args if isinstance(a, ast.Constant)]
+    verb = literals[0] if literals else None
+    plurals = [v for v in literals[1:] if v in REST_RESOURCES]
+    assert verb in CLIENT_VERBS and len(plurals) == 1, (
+        f"{ast.unparse(node)}: name the verb and a plural known to REST_RESOURCES literally"
+    )
+    sub = next((k.value for k in node.keywords if k.arg == "subresource"), None)
+    suffix = f"/{sub.value}" if isinstance(sub, ast.Constant) else ""
+    return {(REST_RESOURCES[plurals[0]], plurals[0] + suffix, CLIENT_VERBS[verb])}
+
+
 def client_calls(text: str) -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of every kubernetes-client call in a source text."""
+    """(group, resource, verb) of every API call in a source text: kubernetes-client methods
+    and k8s.py's REST calls."""
     found = set()
     for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id == "_call":
+                found |= rest_calls(node)
+            continue
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         match = _CLIENT_METHOD.match(node.func.attr)
@@ -375,6 +400,15 @@ def test_the_scanners_find_calls() -> None:
     }
     with pytest.raises(AssertionError, match="read_namespaced_secret"):
         client_calls("core.read_namespaced_secret(name, ns)")
+    assert client_calls(
+        "_call('patch', GROUP, VERSION, 'modelversions', ns, n, subresource='status')\n"
+        "_call('create', 'batch', 'v1', 'jobs', ns, body=b)\n"
+        "_call('create', 'authorization.k8s.io', 'v1', 'subjectaccessreviews', body=b)"
+    ) == {
+        ("whetstone.dev", "modelversions/status", "patch"),
+        ("batch", "jobs", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    }
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(OPERATOR_SRC)))

@@ -9,10 +9,14 @@ import os
 import random
 import sys
 
-import kopf
+# kopf imports the kubernetes client library whenever it is installed (for type checks and a
+# fallback login); the operator speaks REST itself (k8s.py), so keep those ~29 MB out of it.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
-from whetstone_operator import handlers  # noqa: F401  (registers the handlers)
-from whetstone_operator.settings import OperatorOptions, configure
+import kopf  # noqa: E402
+
+from whetstone_operator import handlers  # noqa: E402, F401  (registers the handlers)
+from whetstone_operator.settings import OperatorOptions, configure  # noqa: E402
 
 
 class JsonFormatter(logging.Formatter):

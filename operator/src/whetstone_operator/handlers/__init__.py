@@ -2,12 +2,12 @@
 
 import kopf
 
-from whetstone_operator.handlers import finetunejob, indexes, modelversion, rollout
+from whetstone_operator.handlers import finetunejob, indexes, modelversion, resync, rollout
 
 
 def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> int:
-    """kopf guards every timer with a finalizer so that it stops before its object goes. Ours
-    only re-run an idempotent reconcile, so that guard buys nothing and costs a write per
+    """kopf guards every timer and daemon with a finalizer so that it stops before its object
+    goes. Ours only re-run an idempotent reconcile, so that guard buys nothing and costs a write per
     object and a deletion that hangs while no operator runs: drop it (kopf is pinned)."""
     changed = 0
     for handler in registry._spawning.get_all_handlers():
@@ -19,4 +19,4 @@ def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> int:
 
 _timers_without_finalizers(kopf.get_default_registry())
 
-__all__ = ["finetunejob", "indexes", "modelversion", "rollout"]
+__all__ = ["finetunejob", "indexes", "modelversion", "resync", "rollout"]

@@ -1,13 +1,13 @@
 """FineTuneJob handlers: observe (indexes, progress) -> decide (pure) -> act (k8s.py) -> status.
 
-A timer re-runs the reconcile of every unfinished job, which makes the loop level-triggered
-and lets a restarted operator pick up exactly where status says it was.
+The resync loop (resync.py) re-runs the reconcile of every unfinished job, which makes the loop
+level-triggered; a restarted operator picks up exactly where status says it was.
 """
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ import kopf
 
 from whetstone_operator import k8s, metrics
 from whetstone_operator.api import GROUP, VERSION
+from whetstone_operator.handlers import resync
 from whetstone_operator.handlers.indexes import all_of, one_of
 from whetstone_operator.observe import fetch_progress, job_view, version_views
 from whetstone_operator.reconcile.finetunejob import (
@@ -30,8 +31,6 @@ from whetstone_operator.render.workload import (
     validation_job_name,
 )
 from whetstone_operator.settings import trainer_defaults
-
-RESYNC_SECONDS = float(os.environ.get("WHETSTONE_RESYNC_SECONDS", "10"))
 
 
 def _now() -> datetime:
@@ -71,14 +70,9 @@ def emit(body: kopf.Body, decision: Decision) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
 
-def reconcile_finetunejob(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    ws_jobs: kopf.Index[Any, Any],
-    ws_pods: kopf.Index[Any, Any],
-    ws_versions: kopf.Index[Any, Any],
-) -> None:
-    """One reconcile of a FineTuneJob."""
+def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch, indexes: Mapping[str, Any]) -> None:
+    """One reconcile of a FineTuneJob; `indexes` holds kopf's ws_jobs, ws_pods, ws_versions."""
+    ws_jobs, ws_pods, ws_versions = indexes["ws_jobs"], indexes["ws_pods"], indexes["ws_versions"]
     started = time.monotonic()
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -122,6 +116,9 @@ def reconcile_finetunejob(
         metrics.DURATION.labels("FineTuneJob").observe(time.monotonic() - started)
 
 
+RESYNC = resync.register("finetunejobs", reconcile_finetunejob)
+
+
 @kopf.on.event(GROUP, VERSION, "finetunejobs")
 def finetunejob_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     # A plain watch handler, not kopf's change handlers: those persist their progress in
@@ -129,24 +126,9 @@ def finetunejob_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
         # Children go by owner-reference garbage collection; artifacts are never touched.
+        RESYNC.seen(body, keep=False)
         metrics.record_phase("FineTuneJob", meta["namespace"], meta["name"], None)
         return
-    reconcile_finetunejob(body, patch, kwargs["ws_jobs"], kwargs["ws_pods"], kwargs["ws_versions"])
-
-
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "finetunejobs",
-    interval=RESYNC_SECONDS,
-    initial_delay=RESYNC_SECONDS,
-    # A failed resync (an API error) is retried at the next interval, not after kopf's 60 s.
-    backoff=RESYNC_SECONDS,
-    when=_unfinished,
-)
-def finetunejob_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    reconcile_finetunejob(body, patch, kwargs["ws_jobs"], kwargs["ws_pods"], kwargs["ws_versions"])
+    # Recorded first: a reconcile that fails is retried by the resync loop one interval later.
+    RESYNC.seen(body, keep=(body.get("status") or {}).get("phase") not in TERMINAL)
+    reconcile_finetunejob(body, patch, kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,8 @@ import kopf
 from whetstone_operator import metrics
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.approval import approval_key, verify
-from whetstone_operator.handlers.finetunejob import RESYNC_SECONDS, emit, execute
+from whetstone_operator.handlers import resync
+from whetstone_operator.handlers.finetunejob import emit, execute
 from whetstone_operator.handlers.indexes import all_of, one_of
 from whetstone_operator.observe import job_view
 from whetstone_operator.reconcile.modelversion import (
@@ -23,8 +25,8 @@ from whetstone_operator.render.verify import verify_job_name
 from whetstone_operator.settings import trainer_defaults
 
 
-def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    """One reconcile of a ModelVersion."""
+def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, indexes: Mapping[str, Any]) -> None:
+    """One reconcile of a ModelVersion; `indexes` holds kopf's ws_jobs and ws_pods."""
     started = time.monotonic()
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -32,8 +34,8 @@ def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) ->
     try:
         jname = verify_job_name(name)
         verify_job = job_view(
-            one_of(kwargs["ws_jobs"], (namespace, jname)),
-            all_of(kwargs["ws_pods"], (namespace, jname)),
+            one_of(indexes["ws_jobs"], (namespace, jname)),
+            all_of(indexes["ws_pods"], (namespace, jname)),
         )
         mv = VersionObject(
             name=name,
@@ -62,23 +64,15 @@ def reconcile_modelversion(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) ->
         metrics.DURATION.labels("ModelVersion").observe(time.monotonic() - started)
 
 
+RESYNC = resync.register("modelversions", reconcile_modelversion)
+
+
 @kopf.on.event(GROUP, VERSION, "modelversions")
 def modelversion_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     meta = body["metadata"]
     if kwargs.get("type") == "DELETED":
+        RESYNC.seen(body, keep=False)
         metrics.record_phase("ModelVersion", meta["namespace"], meta["name"], None)
         return
-    reconcile_modelversion(body, patch, **kwargs)
-
-
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "modelversions",
-    interval=RESYNC_SECONDS,
-    initial_delay=RESYNC_SECONDS,
-    # A failed resync (an API error) is retried at the next interval, not after kopf's 60 s.
-    backoff=RESYNC_SECONDS,
-)
-def modelversion_resync(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    reconcile_modelversion(body, patch, **kwargs)
+    RESYNC.seen(body)
+    reconcile_modelversion(body, patch, kwargs)
