@@ -13,6 +13,7 @@ the jump; both figures are reported). Run for each resync interval given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -20,11 +21,10 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
@@ -35,46 +35,53 @@ from prometheus import find_or_install  # noqa: E402
 from test_rollout import (  # noqa: E402
     ERROR_RATE,
     FakeKServe,
-    create_inference_service,
-    create_model_version,
     prometheus_running,
     ro_path,
     rollout_body,
     rollout_status,
+    serving_v1,
 )
 
 from cluster import (  # noqa: E402
     CRD_DIR,
     ISVC_CRD,
     ControlPlane,
+    Kube,
     OperatorProcess,
+    chart_rbac_applied,
     make_temp_dir,
     operator_argv,
-    render_chart_rbac,
 )
 from provision import provision  # noqa: E402
 
 KSERVE_READY_DELAY = 0.3
 
 
-def start_operator(plane: ControlPlane, ns: str, resync: float, log: Path) -> OperatorProcess:
-    rendered = render_chart_rbac(plane.tools.helm, REPO / "charts/whetstone", f"rb-{ns[-4:]}", ns)
-    assert rendered is not None
-    docs, account = rendered
-    plane.apply(yaml.safe_dump_all(docs))
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(plane.sa_kubeconfig(ns, account)),
-        "WHETSTONE_ROLLOUT_RESYNC_SECONDS": str(resync),
-    }
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
-    deadline = time.monotonic() + 60
-    while "Activity '_startup' succeeded" not in op.logs():
-        if time.monotonic() > deadline:
-            raise RuntimeError(op.process.tail(40))
-        time.sleep(0.2)
-    return op
+@contextlib.contextmanager
+def prepared(
+    plane: ControlPlane, prom: Any, ns: str, resync: float, log: Path
+) -> Iterator[tuple[Kube, FakeKServe, OperatorProcess]]:
+    """A namespace with an InferenceService on v1 (KServe played by FakeKServe, healthy
+    metrics), v1 and v2 approved, and the operator running under the chart's RBAC."""
+    plane.create_namespace(ns)
+    for rev in ("grader-predictor-00001", "grader-predictor-00002"):
+        prom.exporter.set(ns, rev, ok=20, errors=0)
+    with (
+        serving_v1(plane.admin, ns, ready_delay=KSERVE_READY_DELAY) as fake,
+        chart_rbac_applied(plane, f"rb-{ns[-4:]}", ns) as (_, config),
+    ):
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(config),
+            "WHETSTONE_ROLLOUT_RESYNC_SECONDS": str(resync),
+        }
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
+        try:
+            wait(lambda: "Activity '_startup' succeeded" in op.logs(), 60, "operator start")
+            yield plane.admin, fake, op
+        finally:
+            op.stop()
 
 
 def wait(predicate: Any, timeout: float, what: str) -> None:
@@ -89,17 +96,7 @@ def healthy_run(
     plane: ControlPlane, prom: Any, resync: float, pause: float, log: Path
 ) -> dict[str, Any]:
     ns = f"bench-ro-h{int(resync)}"
-    plane.create_namespace(ns)
-    kube = plane.admin
-    create_inference_service(kube, ns)
-    fake = FakeKServe(kube, ns, "grader", ready_delay=KSERVE_READY_DELAY).start()
-    for rev in ("grader-predictor-00001", "grader-predictor-00002"):
-        prom.exporter.set(ns, rev, ok=20, errors=0)
-    op = start_operator(plane, ns, resync, log)
-    try:
-        wait(lambda: fake.revisions, 10, "first revision")
-        create_model_version(kube, ns, "grader-v1", 1, "s3://models/grader/v1/")
-        create_model_version(kube, ns, "grader-v2", 2, "s3://models/grader/v2/")
+    with prepared(plane, prom, ns, resync, log) as (kube, fake, op):
         steps: list[dict[str, Any]] = []
         for weight in (5, 25, 50):
             steps += [{"setWeight": weight}, {"pause": {"duration": f"{pause:g}s"}}]
@@ -130,24 +127,11 @@ def healthy_run(
             "overhead_per_step_median_s": round(statistics.median(overheads), 3),
             "overhead_per_step_max_s": round(max(overheads), 3),
         }
-    finally:
-        fake.stop()
-        op.stop()
 
 
 def failing_run(plane: ControlPlane, prom: Any, resync: float, log: Path) -> dict[str, Any]:
     ns = f"bench-ro-f{int(resync)}"
-    plane.create_namespace(ns)
-    kube = plane.admin
-    create_inference_service(kube, ns)
-    fake = FakeKServe(kube, ns, "grader", ready_delay=KSERVE_READY_DELAY).start()
-    for rev in ("grader-predictor-00001", "grader-predictor-00002"):
-        prom.exporter.set(ns, rev, ok=20, errors=0)
-    op = start_operator(plane, ns, resync, log)
-    try:
-        wait(lambda: fake.revisions, 10, "first revision")
-        create_model_version(kube, ns, "grader-v1", 1, "s3://models/grader/v1/")
-        create_model_version(kube, ns, "grader-v2", 2, "s3://models/grader/v2/")
+    with prepared(plane, prom, ns, resync, log) as (kube, fake, _):
         steps = [
             {"setWeight": 5},
             {"pause": {"duration": "2s"}},
@@ -183,9 +167,6 @@ def failing_run(plane: ControlPlane, prom: Any, resync: float, log: Path) -> dic
             "target_s": 1.0 + 2.0,
             "phase": rollout_status(kube, ns).get("phase"),
         }
-    finally:
-        fake.stop()
-        op.stop()
 
 
 def main() -> int:

@@ -1142,3 +1142,119 @@ def render_chart_rbac(
         if doc["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:
             doc["metadata"].setdefault("namespace", namespace)
     return docs, accounts[0]
+
+
+CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
+
+
+@contextlib.contextmanager
+def chart_rbac_applied(
+    plane: ControlPlane, release: str, namespace: str, values: Sequence[str] = ()
+) -> Iterator[tuple[str, Path]]:
+    """The chart's ServiceAccount and RBAC (``--set`` values) applied in ``namespace``; yields
+    (service account, a kubeconfig of its token). The cluster-scoped objects, which outlive
+    the namespace, are deleted afterwards."""
+    rendered = render_chart_rbac(
+        plane.tools.helm, REPO_ROOT / "charts" / "whetstone", release, namespace, values
+    )
+    if rendered is None:
+        raise RuntimeError("charts/whetstone renders no ServiceAccount for the operator")
+    docs, account = rendered
+    plane.apply(yaml.safe_dump_all(docs))
+    try:
+        yield account, plane.sa_kubeconfig(namespace, account)
+    finally:
+        for doc in docs:
+            if doc["kind"] in CLUSTER_SCOPED:
+                plane.admin.delete(
+                    resource_path(
+                        "rbac.authorization.k8s.io/v1",
+                        CLUSTER_SCOPED[doc["kind"]],
+                        name=doc["metadata"]["name"],
+                    )
+                )
+
+
+def make_certificate(directory: Path, name: str = "whetstone-test") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (cert, key)."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            f"/CN={name}",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+WEBHOOK_KINDS = ("mutatingwebhookconfigurations", "validatingwebhookconfigurations")
+
+
+@contextlib.contextmanager
+def webhook_operator_running(
+    plane: ControlPlane,
+    start: OperatorFactory,
+    kubeconfig: Path,
+    namespace: str,
+    managed: str,
+    env: Mapping[str, str],
+) -> Iterator[OperatorProcess]:
+    """The operator for ``namespace`` serving its admission webhook on loopback (a fresh
+    self-signed certificate), kopf managing the webhook configurations named ``managed``;
+    yields once both exist, and deletes them afterwards (they are cluster-scoped)."""
+    workdir = make_temp_dir("whetstone-hook-")
+    cert, key = make_certificate(workdir, "webhook")
+    hooks = "/apis/admissionregistration.k8s.io/v1"
+    op = start(
+        kubeconfig,
+        args=[
+            "--namespace",
+            namespace,
+            "--webhook-port",
+            str(free_port()),
+            "--webhook-addr",
+            "127.0.0.1",
+            "--webhook-host",
+            "127.0.0.1",
+            "--webhook-cert",
+            str(cert),
+            "--webhook-key",
+            str(key),
+            "--webhook-managed",
+            managed,
+        ],
+        env=dict(env),
+    )
+    try:
+        for kind in WEBHOOK_KINDS:
+            try:
+                wait_for(
+                    lambda kind=kind: plane.admin.exists(f"{hooks}/{kind}/{managed}"),
+                    timeout=60,
+                    what=f"the operator's {kind}",
+                )
+            except TimeoutError as exc:
+                raise RuntimeError(f"{exc}; operator log:\n{op.process.tail(60)}") from None
+        yield op
+    finally:
+        op.stop()
+        for kind in WEBHOOK_KINDS:
+            plane.admin.delete(f"{hooks}/{kind}/{managed}")
+        remove_temp_dir(workdir)

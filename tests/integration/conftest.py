@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-import yaml
 
 # cluster.py sits beside this file; make it importable however pytest was invoked.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -23,19 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cluster import (
     CRD_DIR,
     ISVC_CRD,
-    REPO_ROOT,
     ControlPlane,
     KServe,
     Kube,
     Kubelet,
     OperatorFactory,
     OperatorProcess,
+    chart_rbac_applied,
     make_temp_dir,
     operator_argv,
     operator_running,
     remove_temp_dir,
-    render_chart_rbac,
-    resource_path,
     start_control_plane,
 )
 from provision import ProvisionError, Toolchain, provision  # hack/, put on sys.path by cluster
@@ -148,34 +145,11 @@ def operator_process(control_plane: ControlPlane) -> Iterator[OperatorFactory]:
     remove_temp_dir(logs)
 
 
-CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
-
-
 @pytest.fixture
 def operator_rbac(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     """The Helm chart's ServiceAccount and RBAC in ``namespace``; yields the account."""
-    rendered = render_chart_rbac(
-        control_plane.tools.helm,
-        REPO_ROOT / "charts" / "whetstone",
-        release=f"op-{namespace[-6:]}",
-        namespace=namespace,
-    )
-    if rendered is None:
-        pytest.fail("charts/whetstone renders no ServiceAccount for the operator")
-    docs, account = rendered
-    control_plane.apply(yaml.safe_dump_all(docs))
-    try:
+    with chart_rbac_applied(control_plane, f"op-{namespace[-6:]}", namespace) as (account, _):
         yield account
-    finally:
-        for doc in docs:
-            if doc["kind"] in CLUSTER_SCOPED:
-                control_plane.admin.delete(
-                    resource_path(
-                        "rbac.authorization.k8s.io/v1",
-                        CLUSTER_SCOPED[doc["kind"]],
-                        name=doc["metadata"]["name"],
-                    )
-                )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

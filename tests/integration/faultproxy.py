@@ -23,7 +23,6 @@ import contextlib
 import json
 import random
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -46,35 +45,6 @@ HOP_BY_HOP = {
     "content-length",
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1: (cert, key)."""
-    cert, key = directory / "proxy.crt", directory / "proxy.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=whetstone-fault-proxy",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 @dataclass(frozen=True)

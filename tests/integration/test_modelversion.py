@@ -7,7 +7,6 @@ import copy
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,20 +18,16 @@ from cluster import (
     Kube,
     Kubelet,
     OperatorFactory,
-    free_port,
-    render_chart_rbac,
+    chart_rbac_applied,
     resource_path,
     wait_for,
+    webhook_operator_running,
 )
 from tests.conftest import REPO_ROOT
 
 API = "whetstone.dev/v1alpha1"
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/modelversion.yaml").read_text())
 DIGEST = SAMPLE["spec"]["artifact"]["digest"]
-CLUSTER_KINDS = {
-    "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings",
-}
 
 
 def mv_path(ns: str, name: str | None = None) -> str:
@@ -40,58 +35,11 @@ def mv_path(ns: str, name: str | None = None) -> str:
 
 
 @pytest.fixture
-def webhook_cert(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-@pytest.fixture
 def chart_rbac(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     """The chart's RBAC with the webhook enabled (so it includes webhook permissions)."""
-    rendered = render_chart_rbac(
-        control_plane.tools.helm,
-        REPO_ROOT / "charts" / "whetstone",
-        release=f"mv-{namespace[-6:]}",
-        namespace=namespace,
-        values=["webhook.enabled=true", "webhook.configurations=operator"],
-    )
-    assert rendered is not None, "the chart renders no RBAC"
-    docs, account = rendered
-    control_plane.apply(yaml.safe_dump_all(docs))
-    try:
-        yield account
-    finally:
-        for doc in docs:
-            if doc["kind"] in CLUSTER_KINDS:
-                control_plane.admin.delete(
-                    resource_path(
-                        "rbac.authorization.k8s.io/v1",
-                        CLUSTER_KINDS[doc["kind"]],
-                        name=doc["metadata"]["name"],
-                    )
-                )
+    values = ["webhook.enabled=true", "webhook.configurations=operator"]
+    with chart_rbac_applied(control_plane, f"mv-{namespace[-6:]}", namespace, values) as rbac:
+        yield rbac[0]
 
 
 @pytest.fixture
@@ -100,47 +48,16 @@ def operator_with_webhook(
     namespace: str,
     chart_rbac: str,
     operator_process: OperatorFactory,
-    webhook_cert: tuple[Path, Path],
 ) -> Iterator[Any]:
-    config = control_plane.sa_kubeconfig(namespace, chart_rbac)
-    managed = f"test-{namespace[-6:]}.whetstone.dev"
-    cert, key = webhook_cert
-    op = operator_process(
-        config,
-        args=[
-            "--namespace",
-            namespace,
-            "--webhook-port",
-            str(free_port()),
-            "--webhook-addr",
-            "127.0.0.1",
-            "--webhook-host",
-            "127.0.0.1",
-            "--webhook-cert",
-            str(cert),
-            "--webhook-key",
-            str(key),
-            "--webhook-managed",
-            managed,
-        ],
-        env={"WHETSTONE_RESYNC_SECONDS": "1", "WHETSTONE_APPROVAL_KEY": "integration-key"},
-    )
-    kube = control_plane.admin
-    hooks = "/apis/admissionregistration.k8s.io/v1"
-    try:
-        wait_for(
-            lambda: kube.exists(f"{hooks}/mutatingwebhookconfigurations/{managed}"),
-            timeout=60,
-            what="the operator's webhook configuration",
-        )
-    except TimeoutError:
-        pytest.fail(f"no webhook configuration; operator log:\n{op.process.tail(60)}")
-    try:
+    with webhook_operator_running(
+        control_plane,
+        operator_process,
+        control_plane.sa_kubeconfig(namespace, chart_rbac),
+        namespace,
+        f"test-{namespace[-6:]}.whetstone.dev",
+        {"WHETSTONE_RESYNC_SECONDS": "1", "WHETSTONE_APPROVAL_KEY": "integration-key"},
+    ) as op:
         yield op
-    finally:
-        op.stop()
-        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-            kube.delete(f"{hooks}/{kind}/{managed}")
 
 
 def user_with_rights(

@@ -11,6 +11,7 @@ WHETSTONE_RELIABILITY_REPORT names a file that gets one JSON line of figures per
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from faultproxy import FaultPlan, FaultProxy, make_certificate
+from faultproxy import FaultPlan, FaultProxy
 from test_rollout import FakeKServe, write_model_version_status
 
 from whetstone_operator.render.workload import trainer_job_name, validation_job_name
@@ -42,13 +43,15 @@ from cluster import (
     Kubelet,
     OperatorFactory,
     OperatorProcess,
+    chart_rbac_applied,
     free_port,
     kube_minor_version,
+    make_certificate,
     make_temp_dir,
     remove_temp_dir,
-    render_chart_rbac,
     resource_path,
     wait_for,
+    webhook_operator_running,
     write_kubeconfig,
 )
 
@@ -83,7 +86,6 @@ OPERATOR_ENV = {
     "WHETSTONE_RESYNC_SECONDS": "1",
     "WHETSTONE_TRAINER_IMAGE": "registry.local/whetstone-trainer:test",
 }
-CLUSTER_KINDS = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
 STEPS: list[dict[str, Any]] = [
     {"setWeight": 10},
     {"pause": {"duration": "2s"}},
@@ -630,34 +632,15 @@ def rbac_for(
 ) -> Iterator[Callable[..., tuple[str, Path]]]:
     """``rbac_for(*values)`` applies the chart's RBAC rendered with ``--set`` values and returns
     (service account, its kubeconfig); cluster-scoped objects are removed afterwards."""
-    applied: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
 
-    def apply(*values: str) -> tuple[str, Path]:
-        rendered = render_chart_rbac(
-            control_plane.tools.helm,
-            REPO_ROOT / "charts" / "whetstone",
-            release=f"rel-{namespace[-6:]}",
-            namespace=namespace,
-            values=values,
-        )
-        assert rendered is not None, "the chart renders no RBAC"
-        docs, account = rendered
-        control_plane.apply(yaml.safe_dump_all(docs))
-        applied.extend(docs)
-        return account, control_plane.sa_kubeconfig(namespace, account)
+        def apply(*values: str) -> tuple[str, Path]:
+            release = f"rel-{namespace[-6:]}"
+            return stack.enter_context(
+                chart_rbac_applied(control_plane, release, namespace, values)
+            )
 
-    try:
         yield apply
-    finally:
-        for doc in applied:
-            if doc["kind"] in CLUSTER_KINDS:
-                control_plane.admin.delete(
-                    resource_path(
-                        "rbac.authorization.k8s.io/v1",
-                        CLUSTER_KINDS[doc["kind"]],
-                        name=doc["metadata"]["name"],
-                    )
-                )
 
 
 def operator_env(**extra: str) -> dict[str, str]:
@@ -971,46 +954,17 @@ def webhook_operator(
     """The operator with its admission webhook, enforcing immutability only: spec validation
     stays with the schema and the reconcile, each of which the corpus exercises."""
     _, config = rbac_for("webhook.enabled=true", "webhook.configurations=operator")
-    workdir = make_temp_dir("whetstone-hook-")
-    cert, key = make_certificate(workdir)
-    managed = f"bad-{namespace[-6:]}.whetstone.dev"
-    op = operator_process(
+    with webhook_operator_running(
+        control_plane,
+        operator_process,
         config,
-        args=[
-            "--namespace",
-            namespace,
-            "--webhook-port",
-            str(free_port()),
-            "--webhook-addr",
-            "127.0.0.1",
-            "--webhook-host",
-            "127.0.0.1",
-            "--webhook-cert",
-            str(cert),
-            "--webhook-key",
-            str(key),
-            "--webhook-managed",
-            managed,
-        ],
-        env=operator_env(
+        namespace,
+        f"bad-{namespace[-6:]}.whetstone.dev",
+        operator_env(
             WHETSTONE_WEBHOOK_VALIDATE_SPECS="false", WHETSTONE_APPROVAL_KEY="reliability"
         ),
-    )
-    hooks = "/apis/admissionregistration.k8s.io/v1"
-    kube = control_plane.admin
-    try:
-        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-            wait_for(
-                lambda kind=kind: kube.exists(f"{hooks}/{kind}/{managed}"),  # type: ignore[misc]
-                timeout=60,
-                what=f"the operator's {kind}",
-            )
+    ) as op:
         yield op
-    finally:
-        op.stop()
-        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
-            kube.delete(f"{hooks}/{kind}/{managed}")
-        remove_temp_dir(workdir)
 
 
 def corpus_header(file: Path) -> dict[str, str]:

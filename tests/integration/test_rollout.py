@@ -22,7 +22,6 @@ from prometheus import find_or_install  # hack/, put on sys.path by cluster
 from whetstone_operator import analysis
 
 from cluster import (
-    REPO_ROOT,
     ApiError,
     ControlPlane,
     KServe,
@@ -30,11 +29,11 @@ from cluster import (
     ManagedProcess,
     OperatorFactory,
     OperatorProcess,
+    chart_rbac_applied,
     free_port,
     make_temp_dir,
     now_rfc3339,
     remove_temp_dir,
-    render_chart_rbac,
     resource_path,
     wait_for,
 )
@@ -458,41 +457,34 @@ def deployments(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return list((kube.get(mv_path(namespace, name)).get("status") or {}).get("deployments") or [])
 
 
-CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
-
-
 @pytest.fixture
 def operator(
     control_plane: ControlPlane, namespace: str, operator_process: OperatorFactory
 ) -> Iterator[Callable[[], OperatorProcess]]:
     """Starts the operator for `namespace` under the Helm chart's ServiceAccount and RBAC."""
-    rendered = render_chart_rbac(
-        control_plane.tools.helm,
-        REPO_ROOT / "charts" / "whetstone",
-        release=f"ro-{namespace[-6:]}",
-        namespace=namespace,
-    )
-    if rendered is None:
-        pytest.fail("the chart renders no ServiceAccount/RBAC", pytrace=False)
-    docs, account = rendered
-    control_plane.apply(yaml.safe_dump_all(docs))
-    config = control_plane.sa_kubeconfig(namespace, account)
+    with chart_rbac_applied(control_plane, f"ro-{namespace[-6:]}", namespace) as (_, config):
 
-    def start() -> OperatorProcess:
-        return operator_process(config, args=["--namespace", namespace], env=OPERATOR_ENV)
+        def start() -> OperatorProcess:
+            return operator_process(config, args=["--namespace", namespace], env=OPERATOR_ENV)
 
-    try:
         yield start
+
+
+@contextlib.contextmanager
+def serving_v1(
+    kube: Kube, namespace: str, *, v2_approved: bool = True, **kserve: Any
+) -> Iterator[FakeKServe]:
+    """InferenceService grader serving v1, KServe played by a FakeKServe (`kserve` options),
+    ModelVersions grader-v1 (approved) and grader-v2 (approved unless said)."""
+    create_inference_service(kube, namespace)
+    fake = FakeKServe(kube, namespace, "grader", **kserve).start()
+    try:
+        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
+        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
+        create_model_version(kube, namespace, "grader-v2", 2, V2_URI, approved=v2_approved)
+        yield fake
     finally:
-        for doc in docs:
-            if doc["kind"] in CLUSTER_SCOPED:
-                control_plane.admin.delete(
-                    resource_path(
-                        "rbac.authorization.k8s.io/v1",
-                        CLUSTER_SCOPED[doc["kind"]],
-                        name=doc["metadata"]["name"],
-                    )
-                )
+        fake.stop()
 
 
 def healthy(prom: Prometheus, namespace: str) -> None:
@@ -510,12 +502,7 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
     operator: Callable[[], OperatorProcess],
 ) -> None:
     healthy(prometheus, namespace)
-    create_inference_service(kube, namespace)
-    fake = FakeKServe(kube, namespace, "grader").start()
-    try:
-        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
-        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
-        create_model_version(kube, namespace, "grader-v2", 2, V2_URI, approved=False)
+    with serving_v1(kube, namespace, v2_approved=False) as fake:
         steps = [
             {"setWeight": 5},
             {"pause": {"duration": "2s"}},
@@ -571,8 +558,6 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
         # The ModelVersion reconciler derives the phases from what the Rollout wrote.
         wait_for(lambda: phase_of("grader-v2") == "Serving", timeout=20, what="v2 Serving")
         old_phase = phase_of("grader-v1")
-    finally:
-        fake.stop()
 
     # The chart's RBAC is exactly enough for a whole rollout.
     assert "forbidden" not in op.logs().lower(), op.process.tail(40)
@@ -622,7 +607,6 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
     operator: Callable[[], OperatorProcess],
 ) -> None:
     healthy(prometheus, namespace)
-    create_inference_service(kube, namespace)
     turned_bad: list[float] = []
 
     def on_change(percent: int | None, _uri: str | None) -> None:
@@ -630,11 +614,7 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
             prometheus.exporter.set(namespace, "grader-predictor-00002", ok=10, errors=10)
             turned_bad.append(time.monotonic())
 
-    fake = FakeKServe(kube, namespace, "grader", on_change=on_change).start()
-    try:
-        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
-        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
-        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+    with serving_v1(kube, namespace, on_change=on_change) as fake:
         steps = [
             {"setWeight": 5},
             {"pause": {"duration": "2s"}},
@@ -661,8 +641,6 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
         aborted = wait_phase(kube, namespace, "Aborted", op, timeout=30)
         wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
         zero = next(t for t, p, _ in fake.history if p == 0)
-    finally:
-        fake.stop()
 
     reaction = zero - visible
     print(
@@ -697,8 +675,6 @@ def test_no_data_holds_and_kubectl_plugin_abort_retry_pause_resume_promote(
     prometheus: Prometheus,
     operator: Callable[[], OperatorProcess],
 ) -> None:
-    create_inference_service(kube, namespace)
-    fake = FakeKServe(kube, namespace, "grader").start()
     missing = 'sum(rate(no_such_metric_total{revision="{{canary}}"}[4s]))'
 
     def annotate(key: str, value: str) -> None:
@@ -717,10 +693,7 @@ def test_no_data_holds_and_kubectl_plugin_abort_retry_pause_resume_promote(
         assert proc.returncode == 0, proc.stderr
         assert f"{key} requested for grader" in proc.stdout
 
-    try:
-        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
-        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
-        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+    with serving_v1(kube, namespace) as fake:
         steps = [{"setWeight": 5}, {"setWeight": 100}]
         kube.create(
             ro_path(namespace),
@@ -773,8 +746,6 @@ def test_no_data_holds_and_kubectl_plugin_abort_retry_pause_resume_promote(
 
         annotate("promote", "full-t5")
         done = wait_phase(kube, namespace, "Succeeded", op, timeout=30)
-    finally:
-        fake.stop()
 
     assert done["handledCommands"] == {
         "abort": "t1",
@@ -802,14 +773,19 @@ class ModelServer:
     (/rev/<revision>/...): a revision loading a storage in `broken` answers prose where the
     contract wants JSON."""
 
-    def __init__(self, fake: FakeKServe, broken: set[str]) -> None:
-        self.fake, self.broken = fake, broken
+    def __init__(self, broken: set[str]) -> None:
+        self.fake: FakeKServe | None = None  # set once KServe is played
+        self.broken = broken
         self.calls: list[str] = []
         self.server = LoopbackServer(self._handler())
         self.url = self.server.url
 
     def storage_of(self, revision: str) -> str | None:
-        return next((s[0] for name, s in self.fake.revisions if name == revision), None)
+        revisions = self.fake.revisions if self.fake is not None else []
+        return next((s[0] for name, s in revisions if name == revision), None)
+
+    def tag_url(self, revision: str) -> str:
+        return f"{self.url}/rev/{revision}"
 
     def _handler(self) -> type[QuietHandler]:
         model = self
@@ -825,7 +801,10 @@ class ModelServer:
 
         return Handler
 
-    def close(self) -> None:
+    def __enter__(self) -> ModelServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         self.server.close()
 
 
@@ -841,16 +820,10 @@ def test_golden_prompts_abort_a_contract_break_and_a_new_version_rolls_out(
     healthy(prometheus, namespace)
     for rev in ("grader-predictor-00004", "grader-predictor-00005"):
         prometheus.exporter.set(namespace, rev, ok=20, errors=0)
-    create_inference_service(kube, namespace)
-    fake = FakeKServe(kube, namespace, "grader")
-    model = ModelServer(fake, broken={V2_URI})
-    fake.tag_url = lambda revision: f"{model.url}/rev/{revision}"
-    fake.start()
+    model = ModelServer(broken={V2_URI})
     v3_uri = "s3://models/grader/v3/"
-    try:
-        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
-        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
-        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+    with model, serving_v1(kube, namespace, tag_url=model.tag_url) as fake:
+        model.fake = fake
         create_model_version(kube, namespace, "grader-v3", 3, v3_uri)
         body = rollout_body(
             "grader",
@@ -888,9 +861,6 @@ def test_golden_prompts_abort_a_contract_break_and_a_new_version_rolls_out(
 
         kube.patch(ro_path(namespace, "grader"), {"spec": {"modelVersion": "grader-v3"}})
         done = wait_phase(kube, namespace, "Succeeded", op, timeout=90)
-    finally:
-        fake.stop()
-        model.close()
 
     assert done["stableModelVersion"] == "grader-v3"
     assert done["analysis"]["failures"] == 0
@@ -917,12 +887,7 @@ def test_a_canary_that_never_gets_ready_is_aborted_at_the_progress_deadline(
     operator: Callable[[], OperatorProcess],
 ) -> None:
     healthy(prometheus, namespace)
-    create_inference_service(kube, namespace)
-    fake = FakeKServe(kube, namespace, "grader", never_ready={V2_URI}).start()
-    try:
-        wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
-        create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
-        create_model_version(kube, namespace, "grader-v2", 2, V2_URI)
+    with serving_v1(kube, namespace, never_ready={V2_URI}) as fake:
         body = rollout_body(
             "grader",
             "grader-v2",
@@ -938,8 +903,6 @@ def test_a_canary_that_never_gets_ready_is_aborted_at_the_progress_deadline(
         aborted = wait_phase(kube, namespace, "Aborted", op, timeout=30)
         wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
         zero = next(t for t, p, _ in fake.history if p == 0)
-    finally:
-        fake.stop()
 
     print(f"\nprogress deadline 3s: canary asked -> rolled back {zero - asked:.1f}s")
     # The deadline (its clock starts as the patch is decided, just before KServe sees it), then
