@@ -116,9 +116,12 @@ def healthy_run(
                 changes.append((stamp, percent))
                 last = percent
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(changes)]
-        # Between weight changes: one pause, plus KServe's revision start-up on the first.
+        # Between weight changes: one pause, plus KServe's revision start-up on the first
+        # (the canary's revision is created once; later weights only move traffic).
         weight_gaps = gaps[1:4]
-        overheads = [g - pause - KSERVE_READY_DELAY for g in weight_gaps]
+        overheads = [
+            g - pause - (KSERVE_READY_DELAY if i == 0 else 0.0) for i, g in enumerate(weight_gaps)
+        ]
         return {
             "resync_s": resync,
             "pause_s": pause,

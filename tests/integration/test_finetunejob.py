@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
+import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from cluster import (
     wait_for,
 )
 from tests.conftest import REPO_ROOT
+from tests.loopback import LoopbackServer, QuietHandler
 
 API = "whetstone.dev/v1alpha1"
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
@@ -71,26 +71,16 @@ class ProgressServer:
         self.hits = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
                 data = {"/progress": outer.payload, "/checkpoints": outer.checkpoints}
-                body = json.dumps(data.get(self.path, {})).encode()
-                self.send_response(200 if self.path in data else 404)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200 if self.path in data else 404, data.get(self.path, {}))
 
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = LoopbackServer(Handler, port)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 @pytest.fixture
@@ -112,13 +102,16 @@ def start_operator(
 ) -> Callable[[], Any]:
     config = control_plane.sa_kubeconfig(namespace, operator_rbac)
     env = {
-        "WHETSTONE_RESYNC_SECONDS": "1",
-        "WHETSTONE_PROGRESS_PORT": str(progress_port.server.server_port),
+        "WHETSTONE_PROGRESS_PORT": str(progress_port.server.port),
         "WHETSTONE_TRAINER_IMAGE": "registry.local/whetstone-trainer:test",
     }
 
-    def start() -> Any:
-        return operator_process(config, args=["--namespace", namespace], env=env)
+    def start(resync_seconds: float = 1) -> Any:
+        return operator_process(
+            config,
+            args=["--namespace", namespace],
+            env={**env, "WHETSTONE_RESYNC_SECONDS": str(resync_seconds)},
+        )
 
     return start
 
@@ -331,6 +324,26 @@ def test_operator_restart_mid_run_duplicates_nothing(
         )
         == 1
     )
+    assert len(kube.list(resource_path(API, "modelversions", ns))) == 1
+
+
+def test_a_finished_child_job_moves_its_finetunejob_on_without_waiting_for_the_resync(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[..., Any]
+) -> None:
+    """With a resync interval of 10 minutes, only the Job events can move the job along in
+    time: validation done -> trainer Job, trainer done -> Succeeded and registered."""
+    ns, name = namespace, "prompt"
+    start_operator(resync_seconds=600)
+    kube.create(ftj_path(ns), finetunejob(name))
+    started = time.monotonic()
+    drive_to_training(kube, kubelet, ns, name)
+    to_training = time.monotonic() - started
+    (tpod,) = kubelet.wait_job_pods(ns, f"{name}-train-1")
+    kubelet.succeed(ns, tpod["metadata"]["name"], message=json.dumps(RESULT))
+    started = time.monotonic()
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded", 120)
+    to_success = time.monotonic() - started
+    print(f"\nchild Job done -> next phase: {to_training:.1f}s, {to_success:.1f}s")
     assert len(kube.list(resource_path(API, "modelversions", ns))) == 1
 
 

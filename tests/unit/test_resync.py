@@ -74,3 +74,16 @@ def test_the_loop_runs_on_the_finetunejob_crd_only() -> None:
     assert not resync._is_anchor(name="rollouts.whetstone.dev")
     kinds = {k.plural for k in resync.KINDS}
     assert {"finetunejobs", "modelversions"} <= kinds
+
+
+def test_soon_brings_a_reconcile_forward_but_never_puts_it_off() -> None:
+    kind = resync.Resync("finetunejobs", lambda *_: None)
+    assert not kind.soon(("ns", "a"))  # not tracked: nothing to bring forward
+    kind.seen(body())
+    now = time.monotonic()
+    assert kind.take_due(now) == []
+    assert kind.soon(("ns", "a"))
+    assert [key for key, _ in kind.take_due(time.monotonic())] == [("ns", "a")]
+    kind.postpone(("ns", "a"), 0.0)
+    assert kind.soon(("ns", "a"), delay=3600)  # already due: stays due
+    assert [key for key, _ in kind.take_due(time.monotonic())] == [("ns", "a")]

@@ -16,8 +16,8 @@ import kopf
 from whetstone_operator import k8s, metrics
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.handlers import resync
-from whetstone_operator.handlers.indexes import all_of, one_of
-from whetstone_operator.observe import fetch_progress, job_view, version_views
+from whetstone_operator.handlers.indexes import MANAGED, all_of, one_of
+from whetstone_operator.observe import fetch_progress, job_summary, job_view, version_views
 from whetstone_operator.reconcile.finetunejob import (
     TERMINAL,
     Create,
@@ -132,3 +132,19 @@ def finetunejob_event(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None
     # Recorded first: a reconcile that fails is retried by the resync loop one interval later.
     RESYNC.seen(body, keep=(body.get("status") or {}).get("phase") not in TERMINAL)
     reconcile_finetunejob(body, patch, kwargs)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def child_job_event(body: kopf.Body, **kwargs: Any) -> None:
+    # A validation or trainer Job that finishes moves its FineTuneJob on at the resync loop's
+    # next tick instead of a whole resync interval later. Only finished Jobs count: a kick
+    # on every Job change would race the status write of the reconcile that created it.
+    if kwargs.get("type") not in ("ADDED", "MODIFIED"):
+        return
+    summary = job_summary(body)
+    if not (summary["complete"] or "failed_reason" in summary):
+        return
+    namespace = body["metadata"]["namespace"]
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "FineTuneJob" and ref.get("apiVersion", "").startswith(GROUP):
+            RESYNC.soon((namespace, str(ref.get("name"))))

@@ -79,6 +79,16 @@ class Resync:
             if key in self.records:
                 self.records[key] = (time.monotonic() + delay, self.records[key][1])
 
+    def soon(self, key: tuple[str, str], delay: float = 0.0) -> bool:
+        """Bring the object's next reconcile forward to `delay` from now (never later than it
+        was); False when the object is not tracked (finished, or not seen yet)."""
+        with self.lock:
+            if key not in self.records:
+                return False
+            at, raw = self.records[key]
+            self.records[key] = (min(at, time.monotonic() + delay), raw)
+            return True
+
     def clear(self) -> None:
         with self.lock:
             self.records.clear()
