@@ -347,6 +347,47 @@ def test_a_finished_child_job_moves_its_finetunejob_on_without_waiting_for_the_r
     assert len(kube.list(resource_path(API, "modelversions", ns))) == 1
 
 
+def test_a_spec_change_mid_run_is_reported_and_never_mixed_into_new_pods(
+    kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[..., Any]
+) -> None:
+    ns, name = namespace, "changed"
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    drive_to_training(kube, kubelet, ns, name)
+    started_lr = SAMPLE["spec"]["hyperparameters"]["learningRate"]
+    kube.patch(ftj_path(ns, name), {"spec": {"hyperparameters": {"learningRate": 1e-3}}})
+
+    def spec_applied(status: dict[str, Any]) -> str | None:
+        found = [c for c in status.get("conditions") or [] if c["type"] == "SpecApplied"]
+        return found[0]["status"] if found else None
+
+    obj = wait_status(kube, ns, name, lambda s: spec_applied(s) == "False", "SpecApplied False")
+    assert obj["status"]["phase"] == "Running"  # the started run goes on
+    assert "SpecChangedAfterStart" in events_for(kube, ns, name)
+
+    # Suspend and resume: no trainer pod is made from a spec the run did not start with.
+    kube.patch(ftj_path(ns, name), {"spec": {"suspend": True}})
+    wait_status(kube, ns, name, lambda s: s.get("phase") == "Suspended", "Suspended")
+    kube.patch(ftj_path(ns, name), {"spec": {"suspend": False}})
+    wait_status(
+        kube,
+        ns,
+        name,
+        lambda s: "not starting trainer pods" in s.get("message", ""),
+        "the resume held",
+    )
+    time.sleep(3)  # three resyncs
+    held = kube.get(ftj_path(ns, name))
+    assert held["status"]["phase"] == "Suspended", held["status"]
+    assert [j["metadata"]["name"] for j in jobs(kube, ns)] == [f"{name}-validate"]
+
+    # Reverted: the run resumes as it started.
+    kube.patch(ftj_path(ns, name), {"spec": {"hyperparameters": {"learningRate": started_lr}}})
+    resumed = wait_status(kube, ns, name, lambda s: s.get("attempt") == 2, "a second run")
+    assert spec_applied(resumed["status"]) == "True"
+    assert f"{name}-train-2" in [j["metadata"]["name"] for j in jobs(kube, ns)]
+
+
 def test_delete_mid_run_garbage_collects_children(
     kube: Kube, kubelet: Kubelet, namespace: str, start_operator: Callable[[], Any]
 ) -> None:

@@ -21,6 +21,7 @@ from whetstone_operator.reconcile.finetunejob import (
     VersionView,
     decide_finetunejob,
     model_version_name,
+    spec_fingerprint,
 )
 from whetstone_operator.render.workload import TrainerDefaults
 from whetstone_trainer.result import CheckpointInfo, Progress
@@ -82,6 +83,22 @@ class Case:
 
 
 RUNNING = {"phase": "Running", "attempt": 1, "conditions": [VALID, DATA_OK]}
+STARTED = spec_fingerprint(SPEC)
+SPEC_NOT_APPLIED = {
+    "type": "SpecApplied",
+    "status": "False",
+    "reason": "ChangedAfterStart",
+    "message": "changed",
+}
+
+
+def changed(**fields: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(SPEC), **fields}
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
 
 CASES: dict[str, Case] = {
     "new job starts the CPU validation pod": Case(
@@ -90,6 +107,7 @@ CASES: dict[str, Case] = {
         phase="Validating",
         actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
         event_reasons=["ValidationStarted"],
+        check=lambda s: s["specFingerprint"] == STARTED,
     ),
     "invalid spec creates nothing and names the field": Case(
         status={},
@@ -293,6 +311,65 @@ CASES: dict[str, Case] = {
         actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-train-2"],
         event_reasons=["TrainingStarted"],
         check=lambda s: s["attempt"] == 2,
+    ),
+    "a spec change while training is reported, and the run goes on as started": Case(
+        status={**RUNNING, "specFingerprint": STARTED},
+        spec=changed(hyperparameters={**SPEC["hyperparameters"], "learningRate": 1e-3}),
+        observed=Observed(trainer_job=tjob(active=1)),
+        phase="Running",
+        actions=[],
+        event_reasons=["SpecChangedAfterStart"],
+        check=lambda s: (
+            condition(s, "SpecApplied")["status"] == "False"
+            and "create a new FineTuneJob" in condition(s, "SpecApplied")["message"]
+            and s["specFingerprint"] == STARTED
+        ),
+    ),
+    "a resume after a spec change starts no trainer pod": Case(
+        status={**RUNNING, "phase": "Suspended", "specFingerprint": STARTED},
+        spec=changed(method={"type": "lora", "lora": {"r": 64}}),
+        observed=Observed(),
+        phase="Suspended",
+        actions=[],
+        event_reasons=["SpecChangedAfterStart"],
+        check=lambda s: "not starting trainer pods" in s["message"] and s["attempt"] == 1,
+    ),
+    "validated data after a spec change starts no trainer pod": Case(
+        status={
+            "phase": "Validating",
+            "conditions": [VALID, {**DATA_PENDING, "lastTransitionTime": "2026-11-22T19:59:00Z"}],
+            "specFingerprint": STARTED,
+        },
+        spec=changed(dataset={**SPEC["dataset"], "dedupe": not SPEC["dataset"].get("dedupe")}),
+        observed=Observed(validation_job=vjob(complete=True, succeeded=1)),
+        phase="Validating",
+        actions=[],
+        event_reasons=["SpecChangedAfterStart"],
+    ),
+    "suspend, registration and deadlines are not spec changes": Case(
+        status={**RUNNING, "specFingerprint": STARTED},
+        spec=changed(
+            activeDeadlineSeconds=7200,
+            backoffLimit=5,
+            registration={**SPEC["registration"], "model": "grader-renamed"},
+        ),
+        observed=Observed(trainer_job=tjob(active=1)),
+        phase="Running",
+        actions=[],
+        check=lambda s: condition(s, "SpecApplied") == {},
+    ),
+    "reverting the change clears the condition and resumes": Case(
+        status={
+            **RUNNING,
+            "phase": "Suspended",
+            "specFingerprint": STARTED,
+            "conditions": [*RUNNING["conditions"], SPEC_NOT_APPLIED],
+        },
+        observed=Observed(),
+        phase="Running",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-train-2"],
+        event_reasons=["TrainingStarted"],
+        check=lambda s: condition(s, "SpecApplied")["status"] == "True",
     ),
     "a finished job is left alone": Case(
         status={"phase": "Succeeded", "observedGeneration": 1, "conditions": [VALID]},

@@ -228,6 +228,14 @@ class FineTuneJobStatus(StatusBase):
     completion_time: str | None = Field(
         default=None, description="When the job finished (RFC 3339)."
     )
+    spec_fingerprint: str | None = Field(
+        default=None,
+        description="Fingerprint of the spec the run started from, all of it but suspend, "
+        "activeDeadlineSeconds, backoffLimit and registration (which apply to a started run). "
+        "A later "
+        "change to the rest is not applied: condition SpecApplied says so, and no new trainer "
+        "pod starts until the change is reverted.",
+    )
 
 
 class FineTuneJob(CamelModel):

@@ -8,8 +8,10 @@ restarted operator continues where the last one stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,6 +51,15 @@ from whetstone_trainer.result import (
 )
 
 TERMINAL = ("Succeeded", "Failed")
+# What a started run takes from a changed spec; any other change would mix two specs in one
+# run (a checkpoint of one LoRA rank resumed with another, data validated under other rules).
+# Registration happens after training, so its changes apply too.
+MUTABLE_WHILE_RUNNING = ("suspend", "activeDeadlineSeconds", "backoffLimit", "registration")
+SPEC_CHANGED = (
+    "the spec changed after the run started and is not applied: a started run takes only "
+    "suspend, registration, and activeDeadlineSeconds and backoffLimit from its next resume. "
+    "Revert the change, or create a new FineTuneJob to train with it"
+)
 # A child created moments ago may not have reached the watch-fed index yet: within this
 # window its absence means "not seen yet", after it "gone" (and it is created again).
 INDEX_GRACE_SECONDS = 30.0
@@ -345,6 +356,35 @@ class _Builder:
         return self.decision
 
 
+def spec_fingerprint(spec: Mapping[str, Any]) -> str:
+    """A digest of the spec without the fields a started run takes."""
+    kept = {k: v for k, v in spec.items() if k not in MUTABLE_WHILE_RUNNING}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _spec_changed(b: _Builder) -> bool:
+    """Whether the spec changed since the run started (beyond what a started run takes);
+    reported in the SpecApplied condition, with a Warning Event when it first happens."""
+    current = spec_fingerprint(b.job.spec)
+    started = b.status.spec_fingerprint
+    if started is None:
+        if b.status.phase not in (None, "Pending"):
+            b.status.spec_fingerprint = current  # a run from before fingerprints were kept
+        return False
+    applied = get_condition(b.status.conditions, "SpecApplied")
+    if started == current:
+        if applied is not None and applied.status != "True":
+            b.condition(
+                "SpecApplied", True, "Unchanged", "the spec is the one the run started from"
+            )
+        return False
+    b.condition("SpecApplied", False, "ChangedAfterStart", SPEC_CHANGED)
+    if applied is None or applied.status != "False":
+        b.decision.events.append(EventSpec("Warning", "SpecChangedAfterStart", SPEC_CHANGED))
+    return True
+
+
 def decide_finetunejob(
     job: JobObject, observed: Observed, now: datetime, defaults: TrainerDefaults
 ) -> Decision:
@@ -368,9 +408,10 @@ def decide_finetunejob(
     if b.status.phase is None:
         b.phase("Pending", "Accepted", "spec is valid; validating data")
 
+    changed = _spec_changed(b)
     if not _decide_data(b, spec, owner, observed, defaults):
         return b.finish()
-    _decide_training(b, spec, owner, observed, defaults)
+    _decide_training(b, spec, owner, observed, defaults, changed)
     return b.finish()
 
 
@@ -392,6 +433,7 @@ def _decide_data(
             Create(build_config_map(owner, config)),
             Create(build_validation_job(owner, spec, defaults)),
         ]
+        b.status.spec_fingerprint = spec_fingerprint(b.job.spec)
         b.condition("DataValidated", None, "Validating", "the validation pod checks the data")
         b.phase("Validating", "ValidationStarted", "validating data on a CPU pod")
         return False
@@ -448,7 +490,12 @@ def _waiting_problem(job: JobView) -> str | None:
 
 
 def _decide_training(
-    b: _Builder, spec: FineTuneJobSpec, owner: Owner, observed: Observed, defaults: TrainerDefaults
+    b: _Builder,
+    spec: FineTuneJobSpec,
+    owner: Owner,
+    observed: Observed,
+    defaults: TrainerDefaults,
+    spec_changed: bool = False,
 ) -> None:
     attempt = max(b.status.attempt, 1)
     tjob = observed.trainer_job
@@ -467,6 +514,12 @@ def _decide_training(
         # A resume starts a new run; the trainer picks up the latest complete checkpoint.
         attempt = b.status.attempt + 1
         tjob = None
+    if tjob is None and spec_changed:
+        # New trainer pods would mix the changed spec with the started run's config and
+        # checkpoints: hold until the change is reverted.
+        held = "Suspended" if b.status.phase == "Suspended" else (b.status.phase or "Pending")
+        b.phase(held, "SpecChangedAfterStart", f"not starting trainer pods: {SPEC_CHANGED}")
+        return
     if tjob is None:
         if attempt > 1:
             # The config was written with the validation Job; a new run re-asserts it in case
