@@ -103,6 +103,24 @@ CASES: list[tuple[str, str, dict[str, Any], str, str]] = [
         "spec.dataset.validationSplit",
     ),
     (
+        "ftj-spec-changed-after-start",
+        "FineTuneJob",
+        {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Valid", "status": "True"},
+                {
+                    "type": "SpecApplied",
+                    "status": "False",
+                    "reason": "ChangedAfterStart",
+                    "message": "the spec changed after the run started and is not applied",
+                },
+            ],
+        },
+        "Degraded",
+        "changed after the run started",
+    ),
+    (
         "ftj-valid-condition",
         "FineTuneJob",
         {"phase": "Running", "conditions": [{"type": "Valid", "status": "True"}]},

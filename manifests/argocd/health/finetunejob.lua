@@ -1,5 +1,6 @@
 -- Argo CD health of a whetstone.dev FineTuneJob.
--- Succeeded: Healthy. Failed, or the spec is invalid (condition Valid=False): Degraded.
+-- Succeeded: Healthy. Failed, the spec invalid (condition Valid=False) or changed after the run
+-- started (SpecApplied=False, not applied): Degraded.
 -- Suspended (spec.suspend): Suspended. Anything else, or a status older than the spec: Progressing.
 local hs = {}
 local function text(value, fallback)
@@ -25,6 +26,12 @@ if status.conditions ~= nil then
     if condition.type == "Valid" and condition.status == "False" then
       hs.status = "Degraded"
       hs.message = text(condition.message, "The spec is invalid")
+      return hs
+    end
+    -- What Git says cannot be reached: the run keeps the spec it started from.
+    if condition.type == "SpecApplied" and condition.status == "False" then
+      hs.status = "Degraded"
+      hs.message = text(condition.message, "The spec changed after the run started")
       return hs
     end
   end
