@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 sys.path.insert(0, str(REPO / "hack"))
 
+from bench_report import write_report  # noqa: E402
 from cluster import (  # noqa: E402
     CRD_DIR,
     ISVC_CRD,
@@ -330,18 +330,7 @@ def main() -> int:
                 )
             )
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.node()} {os.cpu_count()} cores",
-                "date": datetime.now(UTC).isoformat(),
-                "command": " ".join(sys.argv),
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
+    write_report(args.json, rows)
     return 0
 
 

@@ -17,12 +17,10 @@ import contextlib
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from test_rollout import (  # noqa: E402
     serving_v1,
 )
 
+from bench_report import write_report  # noqa: E402
 from cluster import (  # noqa: E402
     CRD_DIR,
     ISVC_CRD,
@@ -205,18 +204,7 @@ def main() -> int:
             f" | {f['jump_to_canary_0_s']} ({f['visible_in_prometheus_to_canary_0_s']}) | "
             f"{f['target_s']}"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "machine": f"{platform.node()} {os.cpu_count()} cores",
-                "date": datetime.now(UTC).isoformat(),
-                "command": " ".join(sys.argv),
-                "rows": rows,
-            },
-            indent=2,
-        )
-    )
+    write_report(args.json, rows)
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 from faultproxy import FaultPlan, FaultProxy
-from test_rollout import FakeKServe, write_model_version_status
+from test_rollout import FakeKServe, create_inference_service, write_model_version_status
 
 from whetstone_operator.render.workload import trainer_job_name, validation_job_name
 
@@ -54,6 +54,7 @@ from cluster import (
     webhook_operator_running,
     write_kubeconfig,
 )
+from tests.conftest import sample_header
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,6 @@ FAULT_SPREAD = min(10.0, FAULT_JOBS * 0.5)
 REPORT = os.environ.get("WHETSTONE_RELIABILITY_REPORT", "")
 
 API = "whetstone.dev/v1alpha1"
-ISVC_API = "serving.kserve.io/v1beta1"
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
 CORPUS = REPO_ROOT / "manifests" / "samples" / "bad-input"
 PLURALS = {"FineTuneJob": "finetunejobs", "ModelVersion": "modelversions", "Rollout": "rollouts"}
@@ -323,19 +323,7 @@ def uri(rollout: str, version: int) -> str:
 def rollout_rig(kube: Kube, ns: str, name: str, create_after: float) -> RolloutRig:
     """The InferenceService serving v1, its KServe, approved v1 and v2 (the Rollout itself is
     created `create_after` seconds into the scenario)."""
-    kube.create(
-        resource_path(ISVC_API, "inferenceservices", ns),
-        {
-            "apiVersion": ISVC_API,
-            "kind": "InferenceService",
-            "metadata": {"name": name},
-            "spec": {
-                "predictor": {
-                    "model": {"modelFormat": {"name": "huggingface"}, "storageUri": uri(name, 1)}
-                }
-            },
-        },
-    )
+    create_inference_service(kube, ns, name, uri(name, 1))
     rig = RolloutRig(name, FakeKServe(kube, ns, name).start(), create_after)
     wait_for(lambda: rig.fake.revisions, timeout=20, what=f"{name} revision 1")
     for version in (1, 2):
@@ -967,17 +955,6 @@ def webhook_operator(
         yield op
 
 
-def corpus_header(file: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in file.read_text().splitlines():
-        if not line.startswith("# "):
-            break
-        key, sep, value = line[2:].partition(": ")
-        if sep:
-            out[key] = value
-    return out
-
-
 def test_bad_input_corpus_is_refused_and_the_operator_survives(
     kube: Kube,
     namespace: str,
@@ -992,7 +969,7 @@ def test_bad_input_corpus_is_refused_and_the_operator_survives(
     refused: Counter[str] = Counter()
     started = time.monotonic()
     for file in files:
-        head = corpus_header(file)
+        head = sample_header(file)
         field_, refuser = head["field"], head["refused-by"]
         docs = [d for d in yaml.safe_load_all(file.read_text()) if d]
         kind, name = docs[0]["kind"], docs[0]["metadata"]["name"]

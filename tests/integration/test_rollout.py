@@ -376,7 +376,9 @@ def write_model_version_status(kube: Kube, namespace: str, name: str, *, approve
     )
 
 
-def create_inference_service(kube: Kube, namespace: str, name: str = "grader") -> None:
+def create_inference_service(
+    kube: Kube, namespace: str, name: str = "grader", storage_uri: str = V1_URI
+) -> None:
     kube.create(
         resource_path(ISVC_API, "inferenceservices", namespace),
         {
@@ -385,7 +387,7 @@ def create_inference_service(kube: Kube, namespace: str, name: str = "grader") -
             "metadata": {"name": name},
             "spec": {
                 "predictor": {
-                    "model": {"modelFormat": {"name": "huggingface"}, "storageUri": V1_URI}
+                    "model": {"modelFormat": {"name": "huggingface"}, "storageUri": storage_uri}
                 }
             },
         },

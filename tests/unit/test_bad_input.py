@@ -26,23 +26,12 @@ from whetstone_operator.api.errors import SpecError, parse_spec
 from whetstone_operator.reconcile.validation import decide_validity, spec_model
 from whetstone_operator.webhooks import validate_spec
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, sample_header
 
 CORPUS = REPO_ROOT / "manifests" / "samples" / "bad-input"
 FILES = sorted(CORPUS.glob("*.yaml"))
 REFUSERS = {"schema", "operator", "webhook"}
 CONDITION_MESSAGE_LIMIT = 32768
-
-
-def header(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        if not line.startswith("# "):
-            break
-        key, sep, value = line[2:].partition(": ")
-        if sep:
-            out[key] = value
-    return out
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -94,17 +83,17 @@ def test_the_corpus_is_large_and_covers_every_kind_and_refuser() -> None:
     assert len(FILES) >= 60
     kinds = Counter(documents(p)[0]["kind"] for p in FILES)
     assert set(kinds) == set(KINDS) and min(kinds.values()) >= 15, kinds
-    refusers = Counter(header(p).get("refused-by") for p in FILES)
+    refusers = Counter(sample_header(p).get("refused-by") for p in FILES)
     assert set(refusers) == REFUSERS, refusers
     for path in FILES:
         docs = documents(path)
-        assert {"refused-by", "field", "case"} <= header(path).keys(), path.name
+        assert {"refused-by", "field", "case"} <= sample_header(path).keys(), path.name
         assert all(d["metadata"]["name"] == path.stem for d in docs), path.name
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_refused_with_a_message_naming_the_field(path: Path) -> None:
-    head = header(path)
+    head = sample_header(path)
     field, refuser = head["field"], head["refused-by"]
     docs = documents(path)
     obj = docs[0]

@@ -4,6 +4,7 @@ outputs (good answers, contract breaks, server errors, silence)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -291,9 +292,7 @@ def test_a_prometheus_measurement_is_unchanged_by_notes() -> None:
 
 def test_a_round_measures_every_check_in_order(canary_url: str) -> None:
     slow = probe_for(canary_url, ["slow"])  # answers after 1.5 s, past its 1 s timeout
-    good = Probe(
-        **{**slow.__dict__, "metric": "good", "prompts": probe_for(canary_url, ["good"]).prompts}
-    )
+    good = dataclasses.replace(slow, metric="good", prompts=probe_for(canary_url, ["good"]).prompts)
     down = Query("error-rate", "http://127.0.0.1:9", "up", 1.0)
     measured = analysis.measure_all([slow, good, down])
     assert [m.metric for m in measured] == ["golden-prompts", "good", "error-rate"]

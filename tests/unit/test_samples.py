@@ -12,7 +12,7 @@ import yaml
 from whetstone_operator.api import KINDS
 from whetstone_operator.api.errors import SpecError, parse_spec
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, sample_header
 
 SAMPLES = REPO_ROOT / "manifests" / "samples"
 VALID = sorted(SAMPLES.glob("*.yaml"))
@@ -30,16 +30,6 @@ def _spec_model(kind: str):
     return model.model_fields["spec"].annotation
 
 
-def _header(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        if not line.startswith("# "):
-            break
-        key, _, value = line[2:].partition(": ")
-        out[key] = value
-    return out
-
-
 def test_there_are_samples_of_every_kind() -> None:
     kinds = {yaml.safe_load(p.read_text())["kind"] for p in VALID}
     assert kinds == set(KINDS)
@@ -55,7 +45,7 @@ def test_valid_sample_passes_schema_and_models(path: Path) -> None:
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_invalid_sample_names_the_field(path: Path) -> None:
-    header = _header(path)
+    header = sample_header(path)
     assert {"field", "error"} <= header.keys(), f"{path.name} needs '# field:' and '# error:'"
     obj = yaml.safe_load(path.read_text())
     with pytest.raises(SpecError) as info:
