@@ -8,7 +8,7 @@ fresh subprocess so that its peak RSS is its own:
   padded   plain HF Trainer: one example per row, DataCollatorForSeq2Seq pads each batch to
            its longest example, random sampler, attention_mask; loss on assistant tokens
   packed   whetstone_trainer: prepare() (chat template, assistant-only labels, first-fit-
-           decreasing packing to maxSeqLength), RowDataset and Collator from train.py
+           decreasing packing to maxSeqLength), RowDataset and Collator from hf_trainer.py
   grouped  (optional) padded with HF's length-grouped sampler
 
 `packed` takes as many rows per step as hold `--batch-size` examples on average, so both
@@ -142,7 +142,7 @@ def write_jsonl(path: Path, examples: list[dict[str, Any]]) -> None:
 
 def build_model(work: Path, size: str, max_len: int, seed: int) -> Path:
     """The model both variants load: tokenizer trained on the data, random weights."""
-    from whetstone_trainer.config import DatasetSpec
+    from whetstone_contract.config import DatasetSpec
     from whetstone_trainer.data import prepare_text
     from whetstone_trainer.model import build_tiny_model, build_tiny_tokenizer
 
@@ -226,7 +226,7 @@ def _rss_mb() -> float:
 
 
 def _method(name: str) -> Any:
-    from whetstone_trainer.config import MethodSpec
+    from whetstone_contract.config import MethodSpec
 
     if name == "full":
         return MethodSpec(type="full")
@@ -258,9 +258,10 @@ def _padded_data(spec: Spec) -> tuple[list[dict[str, list[int]]], Any, int]:
 
 
 def _packed_data(spec: Spec) -> tuple[Any, Any, int]:
-    """The project's path: prepare() with packing, then train.py's dataset and collator."""
-    from whetstone_trainer.config import TrainerConfig
-    from whetstone_trainer.train import Collator, RowDataset, prepare
+    """The project's path: prepare() with packing, then hf_trainer.py's dataset and collator."""
+    from whetstone_contract.config import TrainerConfig
+    from whetstone_trainer.hf_trainer import Collator, RowDataset
+    from whetstone_trainer.prepare import prepare
 
     work = Path(spec.work)
     config = TrainerConfig.model_validate(

@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./hack/install.sh trainer
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-exec .venv/bin/whetstone-trainer local "${1:-manifests/samples/finetunejob-tiny.yaml}" "${@:2}"
+exec .venv/bin/whetstone-local "${1:-manifests/samples/finetunejob-tiny.yaml}" "${@:2}"

@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the trainer tier needs the trainer extras (torch)")
 
-from whetstone_trainer.config import TrainerConfig
+from whetstone_contract.config import TrainerConfig
 
 from trainer_helpers import SEED_DATA, ConfigFactory, free_port
 
@@ -39,7 +39,7 @@ def seed_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, seed_data: Path) -> Path:
     """One tiny Llama for the session, built from the redacted seed data."""
-    from whetstone_trainer.config import DatasetSpec
+    from whetstone_contract.config import DatasetSpec
     from whetstone_trainer.data import prepare_text
     from whetstone_trainer.model import build_tiny_model
 

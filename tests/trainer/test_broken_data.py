@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from whetstone_trainer.config import DatasetSpec
+from whetstone_contract.config import DatasetSpec
+from whetstone_contract.result import EXIT_INVALID_DATA
 from whetstone_trainer.data import DataError, TextSplits, prepare_text, tokenize_splits
 from whetstone_trainer.model import load_tokenizer
-from whetstone_trainer.result import EXIT_INVALID_DATA
 
 from trainer_helpers import ConfigFactory, run_trainer, subprocess_env, write_config
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from whetstone_trainer.config import DatasetSpec
+from whetstone_contract.config import DatasetSpec
+from whetstone_contract.result import EXIT_INVALID_DATA, EXIT_OK
 from whetstone_trainer.data import (
     IGNORE_INDEX,
     DataError,
@@ -20,7 +21,6 @@ from whetstone_trainer.data import (
     tokenize_splits,
 )
 from whetstone_trainer.model import load_tokenizer
-from whetstone_trainer.result import EXIT_INVALID_DATA, EXIT_OK
 from whetstone_trainer.train import RunOptions, run
 
 from trainer_helpers import ConfigFactory, last_json_line, run_trainer, subprocess_env, write_config

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from whetstone_contract.result import DataReport, TrainerFailure, TrainerResult
 from whetstone_trainer.artifact import loss_curve_svg, model_card
 from whetstone_trainer.evaluate import deltas, exact_match, improved, normalize_answer, rouge_l
-from whetstone_trainer.result import DataReport, TrainerFailure, TrainerResult
 
 pytestmark = pytest.mark.trainer
 

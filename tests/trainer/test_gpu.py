@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from whetstone_contract.result import TrainerResult
 from whetstone_trainer.artifact import verify
-from whetstone_trainer.result import TrainerResult
 
 from trainer_helpers import ConfigFactory, run_trainer, subprocess_env, write_config
 

@@ -1,5 +1,5 @@
-"""The demo: `python -m whetstone_trainer local FINETUNEJOB.yaml` runs a FineTuneJob on CPU
-and prints the ModelVersion it would register."""
+"""The demo: `python -m whetstone_local FINETUNEJOB.yaml` runs a FineTuneJob on CPU and prints
+the ModelVersion it would register."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from whetstone_local.spec import resolve_spec_paths, trainer_config_from_spec
 from whetstone_trainer.artifact import verify
-from whetstone_trainer.local import resolve_spec_paths, trainer_config_from_spec
 
 from trainer_helpers import TINY_SAMPLE, run_trainer
 
@@ -30,8 +30,9 @@ def test_the_sample_runs_locally(tmp_path: Path) -> None:
     assert TINY_SAMPLE.is_file()
     started = time.monotonic()
     proc = run_trainer(
-        ["local", str(TINY_SAMPLE), "--output", str(tmp_path / "out")],
+        [str(TINY_SAMPLE), "--output", str(tmp_path / "out")],
         timeout=DEMO_BUDGET_SECONDS + 60,
+        module="whetstone_local",
     )
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -80,7 +81,7 @@ def test_relative_paths_resolve_against_the_yaml(tmp_path: Path, seed_data: Path
     assert config.dataset.train.uri == f"file://{folder}/data/chat.jsonl"
     assert config.output.uri == f"file://{Path.cwd()}/whetstone-output/rel/"
     out = tmp_path / "out"
-    proc = run_trainer(["local", str(path), "--output", str(out), "--no-progress"])
+    proc = run_trainer([str(path), "--output", str(out), "--no-progress"], module="whetstone_local")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "final" / "COMPLETE").is_file()
     # No registration in the spec: nothing to register, nothing printed as a ModelVersion.

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from whetstone_contract.config import TrainerConfig
+from whetstone_contract.result import TrainerResult
 from whetstone_trainer.artifact import COMPLETE, MANIFEST, verify
-from whetstone_trainer.config import TrainerConfig
-from whetstone_trainer.result import TrainerResult
 from whetstone_trainer.train import RunOptions, run
 
 from trainer_helpers import ConfigFactory, run_trainer
@@ -38,7 +38,7 @@ class LoraRun:
 def lora_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, seed_data: Path
 ) -> LoraRun:
-    from whetstone_trainer.config import TrainerConfig
+    from whetstone_contract.config import TrainerConfig
 
     from trainer_helpers import free_port
 

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from whetstone_contract.config import DeepSpeedSettings, MethodSpec
+from whetstone_contract.result import TrainerResult
 from whetstone_trainer.artifact import verify
-from whetstone_trainer.config import DeepSpeedSettings, MethodSpec
-from whetstone_trainer.model import ModelError, has_bitsandbytes, prepare_trainable
-from whetstone_trainer.result import TrainerResult
-from whetstone_trainer.train import (
+from whetstone_trainer.deepspeed_config import (
     DeepSpeedConfigError,
-    RunOptions,
     build_deepspeed_config,
     check_deepspeed_config,
-    run,
 )
+from whetstone_trainer.model import ModelError, has_bitsandbytes, prepare_trainable
+from whetstone_trainer.train import RunOptions, run
 
 from trainer_helpers import (
     ConfigFactory,
@@ -186,4 +185,4 @@ def test_deepspeed_config_check_rejects_what_deepspeed_would_ignore() -> None:
     with pytest.raises(DeepSpeedConfigError, match="DeepSpeed rejected"):
         check_deepspeed_config(broken, micro_batch=1, grad_accum=1, world_size=1)
     json.dumps(build_deepspeed_config(DeepSpeedSettings()))  # serialisable as is
-    assert sys.modules.get("whetstone_trainer.config") is not None
+    assert sys.modules.get("whetstone_contract.config") is not None

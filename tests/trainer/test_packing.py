@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from whetstone_trainer.config import DatasetSpec
+from whetstone_contract.config import DatasetSpec
 from whetstone_trainer.data import (
     IGNORE_INDEX,
     Row,

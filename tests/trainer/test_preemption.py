@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from whetstone_contract.config import TrainerConfig
+from whetstone_contract.result import EXIT_PREEMPTED, TrainerResult
 from whetstone_trainer.artifact import COMPLETE
-from whetstone_trainer.config import TrainerConfig
-from whetstone_trainer.result import EXIT_PREEMPTED, TrainerResult
+from whetstone_trainer.checkpoints import complete_checkpoints
 from whetstone_trainer.storage import LocalLocation
-from whetstone_trainer.train import complete_checkpoints
 
 from trainer_helpers import REPO_ROOT, free_port, run_trainer, subprocess_env, write_config
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from whetstone_contract.config import TrainerConfig
+from whetstone_contract.result import EXIT_PREEMPTED, TrainerResult
 from whetstone_trainer.artifact import COMPLETE
-from whetstone_trainer.config import TrainerConfig
-from whetstone_trainer.result import EXIT_PREEMPTED, TrainerResult
 
 from trainer_helpers import REPO_ROOT, ConfigFactory, run_trainer, subprocess_env, write_config
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from whetstone_contract.config import ModelSource
+from whetstone_contract.result import TrainerResult
 from whetstone_trainer.artifact import verify
-from whetstone_trainer.config import ModelSource
 from whetstone_trainer.model import ModelError, resolve_model_dir
-from whetstone_trainer.result import TrainerResult
 from whetstone_trainer.storage import (
     LocalLocation,
     S3Location,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from whetstone_contract.result import EXIT_OK, EXIT_VERIFY_FAILED
 from whetstone_trainer.artifact import seal
-from whetstone_trainer.result import EXIT_OK, EXIT_VERIFY_FAILED
 
 pytestmark = pytest.mark.trainer
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from whetstone_trainer.config import TrainerConfig
+from whetstone_contract.config import TrainerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_DATA = REPO_ROOT / "manifests" / "samples" / "data" / "tiny-chat.jsonl"
@@ -29,7 +29,7 @@ def free_port() -> int:
 def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for trainer subprocesses: sources importable, one thread each."""
     env = dict(os.environ)
-    paths = [str(REPO_ROOT / "trainer" / "src"), str(REPO_ROOT / "operator" / "src")]
+    paths = [str(REPO_ROOT / part / "src") for part in ("contract", "trainer", "operator", "local")]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
 
+from whetstone_contract.result import CheckpointInfo, Progress
+from whetstone_operator.reconcile.core import Create, Delete, Obj, apply_merge_patch
 from whetstone_operator.reconcile.finetunejob import (
-    Create,
-    Delete,
-    JobObject,
     JobView,
     Observed,
     PodView,
@@ -24,7 +23,6 @@ from whetstone_operator.reconcile.finetunejob import (
     spec_fingerprint,
 )
 from whetstone_operator.render.workload import TrainerDefaults
-from whetstone_trainer.result import CheckpointInfo, Progress
 
 from tests.conftest import REPO_ROOT
 
@@ -386,15 +384,19 @@ def _describe(action: Create | Delete) -> str:
     return f"Delete {action.kind}/{action.name}"
 
 
-def _job(case: Case) -> JobObject:
-    return JobObject("grader-v3", "ml", "uid-1", 1, case.spec, case.status)
+def _job(case: Case) -> Obj:
+    return Obj("grader-v3", "ml", "uid-1", 1, case.spec, case.status)
+
+
+def _observed(case: Case) -> Observed:
+    return replace(case.observed, defaults=DEFAULTS)
 
 
 @pytest.mark.parametrize("name", CASES, ids=list(CASES))
 def test_decide(name: str) -> None:
     case = CASES[name]
-    decision = decide_finetunejob(_job(case), case.observed, NOW, DEFAULTS)
-    merged = {**case.status, **decision.status}
+    decision = decide_finetunejob(_job(case), _observed(case), NOW)
+    merged = apply_merge_patch(case.status, decision.status)
     assert merged.get("phase") == case.phase
     assert [_describe(a) for a in decision.actions] == case.actions
     assert [e.reason for e in decision.events] == case.event_reasons
@@ -407,12 +409,12 @@ def test_decide_again_with_the_new_status_changes_nothing(name: str) -> None:
     """Idempotence: once its status is written, a second reconcile of the same world
     creates nothing new and emits no Event."""
     case = CASES[name]
-    first = decide_finetunejob(_job(case), case.observed, NOW, DEFAULTS)
-    written = {k: v for k, v in {**case.status, **first.status}.items() if v is not None}
+    first = decide_finetunejob(_job(case), _observed(case), NOW)
+    written = apply_merge_patch(case.status, first.status)
     if any(isinstance(a, Create) for a in first.actions):
         return  # the world changes after creates; covered by the integration tier
     again = decide_finetunejob(
-        JobObject("grader-v3", "ml", "uid-1", 1, case.spec, written), case.observed, NOW, DEFAULTS
+        Obj("grader-v3", "ml", "uid-1", 1, case.spec, written), _observed(case), NOW
     )
     assert again.events == []
     assert [a for a in again.actions if isinstance(a, Create)] == []

@@ -13,9 +13,10 @@ import yaml
 
 from whetstone_operator.api.modelversion import Gate, ModelVersionSpec
 from whetstone_operator.approval import APPROVAL_ANNOTATION, Approval, sign, verify
-from whetstone_operator.reconcile.finetunejob import Create, JobView, PodView
+from whetstone_operator.reconcile.core import Create, Obj, Patch, apply_merge_patch
+from whetstone_operator.reconcile.finetunejob import JobView, PodView
 from whetstone_operator.reconcile.modelversion import (
-    VersionObject,
+    Observed,
     decide_modelversion,
     evaluate_gate,
 )
@@ -220,9 +221,10 @@ CASES: dict[str, dict[str, Any]] = {
 def test_decide_modelversion(name: str) -> None:
     case = CASES[name]
     status = copy.deepcopy(case["status"])
-    mv = VersionObject("grader-v4", "ml", "uid-4", 1, case.get("spec", SPEC), status)
-    decision = decide_modelversion(mv, case.get("verify"), case.get("approval"), NOW, DEFAULTS)
-    merged = {**status, **decision.status}
+    mv = Obj("grader-v4", "ml", "uid-4", 1, case.get("spec", SPEC), status)
+    observed = Observed(case.get("verify"), case.get("approval"), DEFAULTS)
+    decision = decide_modelversion(mv, observed, NOW)
+    merged = apply_merge_patch(status, decision.status)
     assert merged["phase"] == case["phase"]
     creates = [
         f"{a.body['kind']}/{a.body['metadata']['name']}"
@@ -235,13 +237,32 @@ def test_decide_modelversion(name: str) -> None:
 
 
 def test_verify_job_runs_the_trainer_verify_mode_without_api_access() -> None:
-    mv = VersionObject("grader-v4", "ml", "uid-4", 1, SPEC, {})
-    (action,) = decide_modelversion(mv, None, None, NOW, DEFAULTS).actions
-    assert isinstance(action, Create)
+    mv = Obj("grader-v4", "ml", "uid-4", 1, SPEC, {})
+    actions = decide_modelversion(mv, Observed(defaults=DEFAULTS), NOW).actions
+    (action,) = [a for a in actions if isinstance(a, Create)]
     pod = action.body["spec"]["template"]["spec"]
     assert pod["containers"][0]["args"] == ["verify", SPEC["artifact"]["uri"], "--digest", DIGEST]
     assert pod["automountServiceAccountToken"] is False
     assert action.body["metadata"]["ownerReferences"][0]["kind"] == "ModelVersion"
+
+
+def test_registry_labels_are_patched_onto_the_version_until_they_are_right() -> None:
+    unlabelled = Obj("grader-v4", "ml", "uid-4", 1, SPEC, {})
+    patches = [
+        a for a in decide_modelversion(unlabelled, Observed(), NOW).actions if isinstance(a, Patch)
+    ]
+    labels = {
+        "whetstone.dev/model": str(SPEC["model"]),
+        "whetstone.dev/version": str(SPEC["version"]),
+    }
+    assert patches == [
+        Patch(
+            "whetstone.dev/v1alpha1", "ModelVersion", "grader-v4", {"metadata": {"labels": labels}}
+        )
+    ]
+    labelled = Obj("grader-v4", "ml", "uid-4", 1, SPEC, {}, labels=labels)
+    actions = decide_modelversion(labelled, Observed(), NOW).actions
+    assert not [a for a in actions if isinstance(a, Patch)]
 
 
 APPROVAL_REQUESTS = {

@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +82,61 @@ def test_operator_image_installs_every_operator_requirement() -> None:
     text = " ".join(_lines("Dockerfile.operator"))
     missing = [req for req in wanted if f'"{req}"' not in text]
     assert missing == [], f"Dockerfile.operator does not install {missing}"
+
+
+def _copies(name: str) -> list[tuple[list[str], str]]:
+    """(sources, destination) of each COPY from the build context (not from another stage)."""
+    out = []
+    for line in _lines(name):
+        words = line.split()
+        if words[0] != "COPY" or any(w.startswith("--from=") for w in words):
+            continue
+        paths = [w for w in words[1:] if not w.startswith("--")]
+        out.append((paths[:-1], paths[-1]))
+    return out
+
+
+def test_operator_image_copies_no_trainer_file() -> None:
+    sources = [src for srcs, _ in _copies("Dockerfile.operator") for src in srcs]
+    assert "contract/" in sources
+    assert "operator/" in sources
+    offenders = [s for s in sources if s.startswith(("trainer", "local", ".", "*"))]
+    assert offenders == [], f"Dockerfile.operator copies {offenders}"
+
+
+IMAGE_PACKAGES = {
+    "Dockerfile.operator": {"whetstone_contract", "whetstone_operator"},
+    "Dockerfile.trainer": {"whetstone_contract", "whetstone_trainer"},
+}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_image_installs_the_contract(name: str, tmp_path: Path) -> None:
+    """Build the project's wheel from exactly what the image copies into /src: it holds the
+    contract and the image's own package, nothing else; the image checks the import."""
+    text = " ".join(_lines(name))
+    assert "import whetstone_contract.config" in text
+    assert re.search(r'pip (wheel|install) [^&]*(\s|")\.(\[[\w,]+\])?"?(\s|$)', text), text
+    context = tmp_path / "src"
+    context.mkdir()
+    for sources, destination in _copies(name):
+        if destination.startswith("/"):
+            continue  # outside the build folder: not part of the wheel
+        for source in sources:
+            origin, target = REPO_ROOT / source, context / source
+            if origin.is_dir():
+                shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(origin, target)
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    proc = subprocess.run(
+        [*build, "-w", str(wheels), str(context)], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    packages = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert packages == IMAGE_PACKAGES[name]
+    assert {f"{p}/py.typed" for p in packages} <= set(names)

@@ -1,7 +1,9 @@
-"""The shape of the project: the operator never imports torch, `operator/` is never a package."""
+"""The shape of the project: the operator never imports torch, `operator/` is never a package,
+the contract imports neither side and the trainer never imports the operator."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -36,8 +38,10 @@ def test_top_level_layout() -> None:
     for name in (
         "pyproject.toml",
         "README.md",
+        "contract",
         "operator",
         "trainer",
+        "local",
         "crds",
         "charts",
         "manifests",
@@ -47,3 +51,47 @@ def test_top_level_layout() -> None:
         ".ci/run",
     ):
         assert (REPO_ROOT / name).exists(), name
+
+
+def test_contract_imports_neither_side() -> None:
+    code = (
+        "import sys, whetstone_contract.base, whetstone_contract.config, "
+        "whetstone_contract.result; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'kopf', 'whetstone_operator', 'whetstone_trainer', 'whetstone_local')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _imported_packages(folder: str) -> dict[str, set[str]]:
+    """Top-level packages each module under `folder` imports (lazy imports included)."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        out[str(path.relative_to(REPO_ROOT))] = names
+    return out
+
+
+def test_trainer_never_imports_the_operator() -> None:
+    offenders = {
+        module: sorted(names & {"whetstone_operator", "whetstone_local", "kopf"})
+        for module, names in _imported_packages("trainer/src").items()
+        if names & {"whetstone_operator", "whetstone_local", "kopf"}
+    }
+    assert offenders == {}
+
+
+def test_operator_never_imports_the_trainer() -> None:
+    offenders = {
+        module: sorted(names & {"whetstone_trainer", "whetstone_local"})
+        for module, names in _imported_packages("operator/src").items()
+        if names & {"whetstone_trainer", "whetstone_local"}
+    }
+    assert offenders == {}

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from whetstone_operator import k8s
+
 from tests.conftest import REPO_ROOT
 from tests.unit import kubetools as kt
 
@@ -297,35 +299,74 @@ def _sources() -> list[Path]:
     return sorted(OPERATOR_SRC.rglob("*.py"))
 
 
-# k8s.py's own REST calls: _call("verb", group, version, "plural", ..., subresource="status").
-REST_RESOURCES = {
-    **KOPF_RESOURCES,
-    **{plural: group for group, plural in CLIENT_RESOURCES.values()},
+# k8s.py's generic verbs, and the reconcile actions the loop carries out with them: a call
+# that names its kind literally asks k8s.KINDS for (kind, verb), in KINDS' notation.
+K8S_VERBS = {
+    "create": ("create",),
+    "get": ("get",),
+    "patch": ("patch",),
+    "_patch": ("patch",),
+    "delete": ("delete",),
 }
+ACTION_VERBS = {"Patch": ("patch",), "Delete": ("delete",), "UpdateStatus": ("get", "patch/status")}
 
 
-def rest_calls(node: ast.Call) -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of one k8s._call(...)."""
-    literals = [a.value for a in node.args if isinstance(a, ast.Constant)]
-    verb = literals[0] if literals else None
-    plurals = [v for v in literals[1:] if v in REST_RESOURCES]
-    assert verb in CLIENT_VERBS and len(plurals) == 1, (
-        f"{ast.unparse(node)}: name the verb and a plural known to REST_RESOURCES literally"
-    )
-    sub = next((k.value for k in node.keywords if k.arg == "subresource"), None)
-    suffix = f"/{sub.value}" if isinstance(sub, ast.Constant) else ""
-    return {(REST_RESOURCES[plurals[0]], plurals[0] + suffix, CLIENT_VERBS[verb])}
+def _literal_kind(node: ast.Call, creates: bool) -> str | None:
+    if creates:
+        body = node.args[0] if node.args else None
+        if isinstance(body, ast.Dict):
+            for key, value in zip(body.keys, body.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "kind":
+                    return value.value if isinstance(value, ast.Constant) else None
+        return None
+    if len(node.args) > 1 and isinstance(node.args[1], ast.Constant):
+        return str(node.args[1].value)
+    return None
+
+
+def kind_calls(text: str, *, in_k8s: bool = False) -> set[tuple[str, str]]:
+    """(kind, verb) of every call that names its kind literally: k8s.get/patch/delete(version,
+    "Kind", ...), k8s.create({"kind": "Kind", ...}), the actions Patch/Delete/UpdateStatus, and
+    k8s.py's own calls of its verbs. Calls whose kind is computed are bounded by k8s.KINDS, which
+    k8s.py enforces before sending anything."""
+    found = set()
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, ast.Call):
+            continue
+        func, name = node.func, None
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            name = func.attr if func.value.id == "k8s" and func.attr in K8S_VERBS else None
+        elif isinstance(func, ast.Name) and (func.id in ACTION_VERBS or in_k8s):
+            name = func.id if func.id in ACTION_VERBS or func.id in K8S_VERBS else None
+        if name is None:
+            continue
+        kind = _literal_kind(node, creates=name == "create")
+        if kind is None:
+            continue
+        sub_node = next((k.value for k in node.keywords if k.arg == "subresource"), None)
+        if sub_node is None and name == "Patch" and len(node.args) > 4:
+            sub_node = node.args[4]
+        sub = sub_node.value if isinstance(sub_node, ast.Constant) else None
+        for verb in ACTION_VERBS.get(name) or K8S_VERBS[name]:
+            found.add((kind, f"{verb}/{sub}" if sub and verb == "patch" else verb))
+    return found
+
+
+def k8s_permissions() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of everything k8s.KINDS lets k8s.py send."""
+    found = set()
+    for entry in k8s.KINDS.values():
+        group = entry.api_version.rpartition("/")[0]
+        for declared in entry.verbs.split():
+            verb, _, sub = declared.partition("/")
+            found.add((group, f"{entry.plural}/{sub}" if sub else entry.plural, verb))
+    return found
 
 
 def client_calls(text: str) -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of every API call in a source text: kubernetes-client methods
-    and k8s.py's REST calls."""
+    """(group, resource, verb) of every kubernetes-client method called in a source text."""
     found = set()
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id == "_call":
-                found |= rest_calls(node)
-            continue
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         match = _CLIENT_METHOD.match(node.func.attr)
@@ -400,14 +441,32 @@ def test_the_scanners_find_calls() -> None:
     }
     with pytest.raises(AssertionError, match="read_namespaced_secret"):
         client_calls("core.read_namespaced_secret(name, ns)")
-    assert client_calls(
-        "_call('patch', GROUP, VERSION, 'modelversions', ns, n, subresource='status')\n"
-        "_call('create', 'batch', 'v1', 'jobs', ns, body=b)\n"
-        "_call('create', 'authorization.k8s.io', 'v1', 'subjectaccessreviews', body=b)"
+    assert kind_calls(
+        "k8s.patch(API, 'InferenceService', ns, n, p)\n"
+        "k8s.patch(API, 'Rollout', ns, n, p, subresource='status')\n"
+        "k8s.get('v1', 'Pod', ns, n)\n"
+        "k8s.create({'apiVersion': 'v1', 'kind': 'ConfigMap', 'metadata': m})\n"
+        "k8s.create(body)\n"
+        "k8s.delete(action.api_version, action.kind, ns, n)\n"
+        "Patch(API, 'ModelVersion', n, p)\n"
+        "Patch(API, 'FineTuneJob', n, p, 'status')\n"
+        "Delete('batch/v1', 'Job', n)\n"
+        "UpdateStatus(API, 'ModelVersion', n, change)\n"
+        "get(API, 'Rollout', ns, n)\n"
+        "body.get('kind', '')"
     ) == {
-        ("whetstone.dev", "modelversions/status", "patch"),
-        ("batch", "jobs", "create"),
-        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ("InferenceService", "patch"),
+        ("Rollout", "patch/status"),
+        ("Pod", "get"),
+        ("ConfigMap", "create"),
+        ("ModelVersion", "patch"),
+        ("FineTuneJob", "patch/status"),
+        ("Job", "delete"),
+        ("ModelVersion", "get"),
+        ("ModelVersion", "patch/status"),
+    }
+    assert kind_calls("_patch(API, 'Rollout', ns, n, p, subresource='status')", in_k8s=True) == {
+        ("Rollout", "patch/status")
     }
 
 
@@ -417,3 +476,33 @@ def test_what_the_operator_code_calls_is_granted(path: Path) -> None:
     needed = client_calls(text) | kopf_watches(text)
     missing = sorted(p for p in needed if not allowed(*p))
     assert not missing, f"{path.name} needs {missing}: add them to {RULES_FILE.name}"
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(OPERATOR_SRC)))
+def test_what_the_operator_code_asks_of_k8s_is_declared(path: Path) -> None:
+    asked = kind_calls(path.read_text(), in_k8s=path.name == "k8s.py")
+    undeclared = sorted(
+        (kind, verb)
+        for kind, verb in asked
+        if kind not in k8s.KINDS or verb not in k8s.KINDS[kind].verbs.split()
+    )
+    assert not undeclared, (
+        f"{path.name} asks k8s.py for {undeclared}, which k8s.KINDS does not declare (k8s.py "
+        f"would refuse them): declare them there and grant them in {RULES_FILE.name}"
+    )
+
+
+def test_everything_k8s_may_send_is_granted() -> None:
+    for entry in k8s.KINDS.values():
+        for declared in entry.verbs.split():
+            verb, _, sub = declared.partition("/")
+            assert verb in {"create", "get", "patch", "delete"} and sub in {"", "status"}
+    missing = sorted(p for p in k8s_permissions() if not allowed(*p))
+    assert not missing, f"k8s.KINDS declares {missing}: grant them in {RULES_FILE.name}"
+
+
+def test_k8s_kinds_are_scoped_as_the_rules_are() -> None:
+    for kind, entry in k8s.KINDS.items():
+        assert entry.namespaced == (entry.plural not in CLUSTER_SCOPED), kind
+    assert ("", "pods", "create") not in k8s_permissions()
+    assert ("", "secrets", "get") not in k8s_permissions()

@@ -11,24 +11,24 @@ import pytest
 import yaml
 
 from whetstone_operator.api.rollout import PredictorStorage
-from whetstone_operator.reconcile.rollout import (
-    PatchPredictor,
-    RolloutObject,
-    SetDeployment,
-    VersionInfo,
-    World,
-    decide_rollout,
-    merge_patch,
-    serving_version,
-    version_problem,
-)
-from whetstone_operator.rollout import (
+from whetstone_operator.canary import (
     build_predictor_patch,
     candidate_storage,
     check_ready,
     service_view,
 )
-from whetstone_operator.rollout.kserve import ADAPTER_PATH, BASE_PATH, Desired
+from whetstone_operator.canary.kserve import ADAPTER_PATH, BASE_PATH, Desired
+from whetstone_operator.reconcile.core import Obj, apply_merge_patch, status_diff
+from whetstone_operator.reconcile.rollout import (
+    SetDeployment,
+    VersionInfo,
+    World,
+    decide_rollout,
+    patch_predictor,
+    serving_version,
+    set_deployment,
+    version_problem,
+)
 
 from tests.conftest import REPO_ROOT
 
@@ -258,12 +258,12 @@ def test_check_ready(obj: dict[str, Any], desired: Desired, ok: bool, text: str)
     assert text in why
 
 
-def rollout(status: dict[str, Any] | None = None, **annotations: str) -> RolloutObject:
+def rollout(status: dict[str, Any] | None = None, **annotations: str) -> Obj:
     spec = copy.deepcopy(SAMPLE["spec"])
     spec["modelVersion"] = "grader-v2"
     spec["strategy"]["canary"]["steps"] = [{"setWeight": 5}, {"pause": {}}, {"setWeight": 100}]
     del spec["strategy"]["canary"]["analysis"]
-    return RolloutObject(
+    return Obj(
         name="grader",
         namespace="ml",
         generation=1,
@@ -277,7 +277,7 @@ def test_first_reconcile_patches_the_predictor_and_records_both_deployments() ->
     world = World(service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": V2})
     decision = decide_rollout(rollout(), world, NOW)
     assert decision.actions == [
-        PatchPredictor(
+        patch_predictor(
             "grader",
             {
                 "spec": {
@@ -289,7 +289,8 @@ def test_first_reconcile_patches_the_predictor_and_records_both_deployments() ->
                 }
             },
         ),
-        SetDeployment(
+        set_deployment(
+            "grader",
             "grader-v1",
             {
                 "rollout": "grader",
@@ -298,7 +299,8 @@ def test_first_reconcile_patches_the_predictor_and_records_both_deployments() ->
                 "role": "stable",
             },
         ),
-        SetDeployment(
+        set_deployment(
+            "grader",
             "grader-v2",
             {
                 "rollout": "grader",
@@ -379,8 +381,8 @@ def test_promotion_moves_deployments_and_supersedes_the_old_stable() -> None:
     assert decision.status["phase"] == "Succeeded"
     assert decision.status["stableModelVersion"] == "grader-v2"
     assert decision.actions == [
-        SetDeployment("grader-v1", None, "grader-v2"),
-        SetDeployment("grader-v2", {**on_v2, "role": "stable"}),
+        set_deployment("grader", "grader-v1", None, "grader-v2"),
+        set_deployment("grader", "grader-v2", {**on_v2, "role": "stable"}),
     ]
 
 
@@ -407,7 +409,7 @@ def test_abort_annotation_restores_the_stable_storage_at_zero() -> None:
     )
     world = World(service_view(served), {"grader-v1": V1, "grader-v2": V2})
     decision = decide_rollout(rollout(running, **{"whetstone.dev/abort": "now"}), world, NOW)
-    assert decision.actions[0] == PatchPredictor(
+    assert decision.actions[0] == patch_predictor(
         "grader",
         {
             "spec": {
@@ -434,14 +436,15 @@ def test_invalid_spec_is_reported_and_nothing_is_touched() -> None:
     assert "must be 100" in decision.status["message"]
 
 
-def test_merge_patch_removes_nested_keys() -> None:
+def test_status_diff_removes_nested_keys_and_applies_back() -> None:
     before = {"a": 1, "s": {"storageUri": "x"}, "gone": True, "same": [1]}
     after = {"a": 2, "s": {"storageUris": [{"uri": "y"}]}, "same": [1]}
-    assert merge_patch(before, after) == {
+    assert status_diff(before, after) == {
         "a": 2,
         "s": {"storageUri": None, "storageUris": [{"uri": "y"}]},
         "gone": None,
     }
+    assert apply_merge_patch(before, status_diff(before, after)) == after
 
 
 def test_finished_rollout_drops_its_entry_once_the_service_moved_on() -> None:
@@ -465,4 +468,37 @@ def test_finished_rollout_drops_its_entry_once_the_service_moved_on() -> None:
     still = World(service_view(isvc(uri="s3://models/grader/v2/")), versions)
     assert decide_rollout(rollout(done), still, NOW).actions == []
     moved = World(service_view(isvc(uri="s3://models/grader/v3/", percent=5)), versions)
-    assert decide_rollout(rollout(done), moved, NOW).actions == [SetDeployment("grader-v2", None)]
+    assert decide_rollout(rollout(done), moved, NOW).actions == [
+        set_deployment("grader", "grader-v2", None)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "change", "expected"),
+    [
+        ({}, SetDeployment("r", {"rollout": "r", "trafficPercent": 5}), "added"),
+        (
+            {"deployments": [{"rollout": "r", "trafficPercent": 5}]},
+            SetDeployment("r", {"rollout": "r", "trafficPercent": 5}),
+            None,
+        ),
+        (
+            {"deployments": [{"rollout": "other"}, {"rollout": "r"}]},
+            SetDeployment("r", None, "v2"),
+            "removed, others kept",
+        ),
+        ({"supersededBy": "v9"}, SetDeployment("r", {"rollout": "r"}), "serves again"),
+    ],
+)
+def test_set_deployment_changes_only_this_rollouts_entry(
+    status: dict[str, Any], change: SetDeployment, expected: str | None
+) -> None:
+    patch = change(status)
+    if expected is None:
+        assert patch is None
+    elif expected == "added":
+        assert patch == {"deployments": [{"rollout": "r", "trafficPercent": 5}]}
+    elif expected == "removed, others kept":
+        assert patch == {"deployments": [{"rollout": "other"}], "supersededBy": "v2"}
+    else:
+        assert patch == {"deployments": [{"rollout": "r"}], "supersededBy": None}

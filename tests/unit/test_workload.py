@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from whetstone_contract.config import TrainerConfig
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
 from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (
@@ -18,7 +19,6 @@ from whetstone_operator.render.workload import (
     build_trainer_job,
     build_validation_job,
 )
-from whetstone_trainer.config import TrainerConfig
 
 from tests.conftest import REPO_ROOT
 

@@ -9,14 +9,16 @@ import os
 import random
 import sys
 
-# kopf imports the kubernetes client library whenever it is installed (for type checks and a
-# fallback login); the operator speaks REST itself (k8s.py), so keep those ~29 MB out of it.
-sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+import kopf
 
-import kopf  # noqa: E402
-
-from whetstone_operator import handlers  # noqa: E402, F401  (registers the handlers)
-from whetstone_operator.settings import OperatorOptions, configure  # noqa: E402
+from whetstone_operator import handlers  # noqa: F401  (registers the handlers)
+from whetstone_operator.settings import (
+    OperatorOptions,
+    configure,
+    parse_trainer_defaults,
+    read_approval_key,
+    trainer_defaults,
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -100,7 +102,22 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
     )
     parser.add_argument("--log-format", default=env("WHETSTONE_LOG_FORMAT", "plain"))
     parser.add_argument("--verbose", action="store_true", default=bool(env("WHETSTONE_VERBOSE")))
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env("WHETSTONE_RESYNC_SECONDS", "10")),
+        help="re-reconcile every unfinished FineTuneJob and every ModelVersion this often",
+    )
+    parser.add_argument(
+        "--rollout-resync-seconds",
+        type=float,
+        default=float(env("WHETSTONE_ROLLOUT_RESYNC_SECONDS", "1")),
+        help="re-reconcile every unfinished Rollout this often (pauses and analysis rounds "
+        "are only as punctual as this)",
+    )
     args = parser.parse_args(argv)
+    if args.resync_seconds <= 0 or args.rollout_resync_seconds <= 0:
+        parser.error("resync periods must be positive")
     return OperatorOptions(
         namespaces=tuple(args.namespace),
         peering=args.peering,
@@ -117,6 +134,18 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         webhook_key=args.webhook_key,
         webhook_managed=args.webhook_managed,
         verbose=args.verbose,
+        webhook_validate_specs=env("WHETSTONE_WEBHOOK_VALIDATE_SPECS", "true").lower() == "true",
+        # Peers of equal priority all pause: each replica draws its own, the highest one acts
+        # and a survivor takes over when its peering record expires.
+        priority=int(env("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30),
+        resync_seconds=args.resync_seconds,
+        rollout_resync_seconds=args.rollout_resync_seconds,
+        approval_key=read_approval_key(os.environ),
+        trainer=trainer_defaults(
+            args.trainer_image,
+            args.progress_port,
+            parse_trainer_defaults(env("WHETSTONE_TRAINER_DEFAULTS", "")),
+        ),
     )
 
 
@@ -131,15 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     configure(options)
     if options.webhook_port:
         from whetstone_operator import webhooks  # noqa: F401  (registers admission handlers)
-    # Peers of equal priority all pause: each replica draws its own, the highest one acts
-    # and a survivor takes over when its peering record expires.
-    priority = int(os.environ.get("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30)
     kopf.run(
         clusterwide=not options.namespaces,
         namespaces=options.namespaces,
         standalone=not options.peering,
         peering_name=options.peering or None,
-        priority=priority,
+        priority=options.priority,
         liveness_endpoint=options.liveness or None,
     )
     return 0

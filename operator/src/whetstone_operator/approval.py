@@ -12,9 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 APPROVE_ANNOTATION = "whetstone.dev/approve"
@@ -29,15 +27,6 @@ class Approval:
 
     by: str
     at: str
-
-
-def approval_key() -> bytes | None:
-    """The key from WHETSTONE_APPROVAL_KEY_FILE or WHETSTONE_APPROVAL_KEY; None when unset."""
-    path = os.environ.get("WHETSTONE_APPROVAL_KEY_FILE")
-    if path:
-        return Path(path).read_bytes().strip()
-    value = os.environ.get("WHETSTONE_APPROVAL_KEY")
-    return value.encode() if value else None
 
 
 def _payload(namespace: str, name: str, uid: str, digest: str, by: str, at: str) -> bytes:

@@ -1,236 +1,320 @@
-"""The only module that writes to the Kubernetes API (besides kopf's own status patches).
+"""The only module that writes to the Kubernetes API (besides kopf's own watches and patches).
 
-A small synchronous REST client over the credentials kopf logs in with (one login for both),
-so the operator needs no Kubernetes client library. Creates are idempotent (an existing object
-of the same name counts as done) and deletes tolerate absence, so executing a decision twice
-is harmless.
+Four generic verbs (`create`, `get`, `patch`, `delete`) over the `kubernetes` package's
+ApiClient, for the kinds and verbs that `KINDS` declares (and the chart grants). Creates are
+idempotent (an existing object of the same name counts as done) and deletes tolerate absence,
+so executing a decision twice is harmless. One credentials source, `configuration()`, serves
+both these requests and kopf's login.
 """
 
 from __future__ import annotations
 
-import http.client
+import datetime
 import json
 import logging
 import os
-import queue
 import threading
-import urllib.parse
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
+from kubernetes.client.exceptions import ApiException as ApiException
+from kubernetes.config import kube_config
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import load_incluster_config
+from urllib3 import BaseHTTPResponse
+from urllib3.util.retry import Retry
 
 from whetstone_operator.api import GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
+JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 TIMEOUT_SECONDS = 60.0
-_POOL_SIZE = 32  # above kopf's 20 workers: a connection per concurrent handler
-_METHODS = {"create": "POST", "get": "GET", "patch": "PATCH", "delete": "DELETE"}
-_SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+POOL_SIZE = 32  # above kopf's 20 sync-handler threads: a connection per concurrent request
+RETRY_AFTER_MAX_SECONDS = 30.0
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-class ApiException(Exception):  # noqa: N818  (the name callers know from the kubernetes client)
-    """A non-2xx answer of the API server."""
+class Resource(NamedTuple):
+    """Where a kind lives, and what this module may do to it: RBAC verbs on the object, or
+    `verb/subresource` (e.g. `patch/status`). tests/unit/test_rbac.py holds these against the
+    chart's rules; any other request is refused before it is sent."""
 
-    def __init__(self, status: int, reason: str, body: str = "") -> None:
-        super().__init__(f"({status}) {reason}: {body[:500]}")
-        self.status, self.reason, self.body = status, reason, body
+    api_version: str
+    plural: str
+    verbs: str
+    namespaced: bool = True
+
+
+API_VERSION = f"{GROUP}/{VERSION}"
+KINDS: dict[str, Resource] = {
+    "ConfigMap": Resource("v1", "configmaps", "create get delete"),
+    "Service": Resource("v1", "services", "create get delete"),
+    "Pod": Resource("v1", "pods", "get"),
+    "Job": Resource("batch/v1", "jobs", "create get delete"),
+    "FineTuneJob": Resource(API_VERSION, "finetunejobs", "get patch/status"),
+    "ModelVersion": Resource(API_VERSION, "modelversions", "create get patch patch/status"),
+    "Rollout": Resource(API_VERSION, "rollouts", "get patch/status"),
+    "InferenceService": Resource("serving.kserve.io/v1beta1", "inferenceservices", "get patch"),
+    "SubjectAccessReview": Resource(
+        "authorization.k8s.io/v1", "subjectaccessreviews", "create", namespaced=False
+    ),
+}
+
+
+class _Retry(Retry):
+    # A handler thread never sleeps longer than this, whatever a server asks.
+    def get_retry_after(self, response: BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, RETRY_AFTER_MAX_SECONDS)
+
+
+# 429 and 5xx are retried for every verb: a repeated create answers 409 (done), a repeated
+# merge patch or delete converges to the same object.
+RETRY = _Retry(
+    total=8,
+    connect=3,
+    read=2,
+    status=5,
+    redirect=0,
+    backoff_factor=0.5,
+    backoff_max=8.0,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=frozenset({"GET", "POST", "PATCH", "DELETE"}),
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+class _Credentials(NamedTuple):
+    config: Configuration
+    namespace: str | None
+    expiry: datetime.datetime | None
+    proxy: str | None
+
+
+def _load_credentials() -> _Credentials:
+    config = Configuration()
+    try:
+        load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        pass
+    else:
+        namespace = _SA_NAMESPACE.read_text().strip() if _SA_NAMESPACE.exists() else None
+        return _Credentials(config, namespace or None, None, None)
+    paths = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    merged = kube_config.KubeConfigMerger(paths).config  # type: ignore[no-untyped-call]
+    if merged is None:
+        raise ConfigException(f"neither an in-cluster service account nor a kubeconfig ({paths})")
+    # The loader runs `exec` credential plugins and re-runs them when their token expires.
+    loader = kube_config.KubeConfigLoader(  # type: ignore[no-untyped-call]
+        config_dict=merged, config_base_path=None
+    )
+    loader.load_and_set(config)  # type: ignore[no-untyped-call]
+    context = loader.current_context.get("context") or {}
+    return _Credentials(
+        config,
+        context.get("namespace"),
+        getattr(loader, "expiry", None),
+        getattr(loader, "proxy", None),
+    )
+
+
+def configuration() -> Configuration:
+    """The credentials of both kopf's login and this module's requests: the in-cluster service
+    account when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config), whose
+    user may be a token, a client certificate or an `exec` credential plugin."""
+    return _load_credentials().config
 
 
 def login(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo:
-    """In-cluster service account when running in a pod, else the kubeconfig (KUBECONFIG or
-    ~/.kube/config): the same choice as the kubernetes client's own loaders."""
-    settings = settings or kopf.OperatorSettings()
-    host, port = (
-        os.environ.get("KUBERNETES_SERVICE_HOST"),
-        os.environ.get("KUBERNETES_SERVICE_PORT"),
+    """kopf's connection info from `configuration()`'s source."""
+    try:
+        config, namespace, expiry, proxy = _load_credentials()
+    except ConfigException as exc:
+        raise kopf.LoginError(str(exc)) from exc
+    header = config.get_api_key_with_prefix("BearerToken") or ""
+    scheme, _, token = header.partition(" ") if " " in header else ("", "", header)
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        default_namespace=namespace,
+        proxy_url=proxy,
+        trust_env=settings.networking.trust_env if settings else False,
+        expiration=expiry,
     )
-    if host and port and _SA_TOKEN.exists():
-        info = kopf.login_with_service_account(settings=settings)
-        if info is not None:
-            host = f"[{host}]" if ":" in host else host
-            # The service's address, not kopf's DNS name: works without cluster DNS too.
-            return replace(info, server=f"https://{host}:{port}")
-    info = kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
-        raise kopf.LoginError("neither an in-cluster service account nor a kubeconfig")
-    return info
 
 
 @kopf.on.login()
 def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-    # Registered so that kopf uses this login rather than a client library's.
+    # Registered so that kopf logs in as this module does (not with its own fallbacks).
     return login(settings)
 
 
-class Client:
-    """Thread-safe: kopf runs sync handlers in a pool of threads; each request borrows a
-    keep-alive connection from a small pool."""
+# ----------------------------------------------------------------------------- requests
 
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
-        url = urllib.parse.urlsplit(info.server)
-        self.https = url.scheme == "https"
-        self.host, self.port = url.hostname or "localhost", url.port
-        self.prefix = url.path.rstrip("/")
-        self.proxy = urllib.parse.urlsplit(info.proxy_url) if info.proxy_url else None
-        self.ssl = info.as_ssl_context() if self.https else None
-        self.headers = {
-            **info.as_http_headers(),
-            "Accept": "application/json",
-            "User-Agent": "whetstone-operator",
-        }
-        self.idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(_POOL_SIZE)
-
-    def _connect(self) -> http.client.HTTPConnection:
-        host, port = (
-            (self.proxy.hostname, self.proxy.port) if self.proxy else (self.host, self.port)
-        )
-        conn: http.client.HTTPConnection
-        if self.https:
-            conn = http.client.HTTPSConnection(
-                host or self.host, port, timeout=TIMEOUT_SECONDS, context=self.ssl
-            )
-        else:
-            conn = http.client.HTTPConnection(host or self.host, port, timeout=TIMEOUT_SECONDS)
-        if self.proxy:
-            conn.set_tunnel(self.host, self.port)
-        return conn
-
-    def _borrow(self) -> http.client.HTTPConnection:
-        try:
-            return self.idle.get_nowait()
-        except queue.Empty:
-            return self._connect()
-
-    def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> Any:
-        """The decoded JSON answer; raises ApiException for any status outside 2xx."""
-        data = json.dumps(body).encode() if body is not None else None
-        headers = dict(self.headers)
-        if data is not None:
-            headers["Content-Type"] = content_type
-        for attempt in range(2):
-            conn = self._connect() if attempt else self._borrow()
-            try:
-                conn.request(method, self.prefix + path, body=data, headers=headers)
-                response = conn.getresponse()
-                payload = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                # Most likely an idle keep-alive connection the server had closed: once more on
-                # a new one (a create repeated after all answers 409, which counts as done).
-                if attempt == 0:
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            if response.will_close:
-                conn.close()
-            else:
-                try:
-                    self.idle.put_nowait(conn)
-                except queue.Full:
-                    conn.close()
-            if not 200 <= response.status < 300:
-                raise ApiException(
-                    response.status, response.reason, payload.decode("utf-8", "replace")
-                )
-            return json.loads(payload) if payload else None
-        raise AssertionError("unreachable")
-
-
-_client: Client | None = None
+_client: ApiClient | None = None
 _client_lock = threading.Lock()
 
 
-def _api() -> Client:
+def _api() -> ApiClient:
     global _client
     with _client_lock:
         if _client is None:
-            _client = Client(login())
+            config = configuration()
+            config.retries = RETRY
+            config.connection_pool_maxsize = POOL_SIZE
+            refresh = config.refresh_api_key_hook
+            if refresh is not None:
+                # Token refresh may run an exec plugin: once, not once per handler thread.
+                refresh_lock = threading.Lock()
+
+                def locked_refresh(c: Configuration) -> None:
+                    with refresh_lock:
+                        refresh(c)
+
+                config.refresh_api_key_hook = locked_refresh
+            client = ApiClient(config)
+            client.user_agent = "whetstone-operator"
+            _client = client
         return _client
 
 
-def _relogin(stale: Client) -> None:
-    # Service-account tokens rotate: a 401 means read the credentials again.
+def _relogin(stale: ApiClient) -> None:
+    # Service-account tokens rotate and exec tokens expire: a 401 means read them again.
     global _client
     with _client_lock:
         if _client is stale:
             _client = None
 
 
-def _call(
+def _request(method: str, path: str, body: Any = None, content_type: str = JSON) -> Any:
+    """The decoded JSON answer; raises ApiException for any status outside 2xx (after the
+    retries of RETRY, and one fresh login on 401)."""
+    for attempt in range(2):
+        api = _api()
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = api.call_api(*request, _request_timeout=TIMEOUT_SECONDS)
+        data = response.read()  # type: ignore[no-untyped-call]
+        if 200 <= response.status < 300:
+            return json.loads(data) if data else None
+        if response.status == 401 and attempt == 0:
+            _relogin(api)
+            continue
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    raise AssertionError("unreachable")
+
+
+def _path(
+    api_version: str,
+    kind: str,
     verb: str,
-    group: str,
-    version: str,
-    plural: str,
-    namespace: str | None = None,
+    namespace: str | None,
     name: str | None = None,
-    *,
     subresource: str | None = None,
-    body: Any = None,
-    content_type: str = "application/json",
-) -> Any:
-    """One API request; `verb` is the RBAC verb (create, get, patch, delete)."""
-    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+) -> str:
+    entry = KINDS.get(kind)
+    wanted = f"{verb}/{subresource}" if subresource else verb
+    if entry is None or wanted not in entry.verbs.split():
+        raise ValueError(f"no {wanted} for kind {kind}: not declared in k8s.KINDS")
+    group = api_version.rpartition("/")[0]
+    if group != entry.api_version.rpartition("/")[0]:
+        raise ValueError(f"{kind} is not in {api_version}")
+    if bool(namespace) != entry.namespaced:
+        raise ValueError(f"{kind} is {'' if entry.namespaced else 'not '}namespaced")
+    path = f"/apis/{api_version}" if group else f"/api/{api_version}"
     if namespace:
         path += f"/namespaces/{namespace}"
-    path += f"/{plural}"
+    path += f"/{entry.plural}"
     if name:
         path += f"/{name}"
     if subresource:
         path += f"/{subresource}"
-    for attempt in range(2):
-        api = _api()
-        try:
-            return api.request(_METHODS[verb], path, body, content_type)
-        except ApiException as exc:
-            if exc.status != 401 or attempt:
-                raise
-            _relogin(api)
-    raise AssertionError("unreachable")
+    return path
+
+
+def _post(body: dict[str, Any]) -> Any:
+    kind = body.get("kind", "")
+    entry = KINDS.get(kind)
+    api_version = body.get("apiVersion") or (entry.api_version if entry else "")
+    namespace = (body.get("metadata") or {}).get("namespace")
+    return _request("POST", _path(api_version, kind, "create", namespace), body)
+
+
+# ----------------------------------------------------------------------------- generic verbs
 
 
 def create(body: dict[str, Any]) -> bool:
     """Create `body`; False when an object of that name already exists."""
-    kind = body["kind"]
-    namespace = body["metadata"]["namespace"]
     try:
-        if kind == "ConfigMap":
-            _call("create", "", "v1", "configmaps", namespace, body=body)
-        elif kind == "Service":
-            _call("create", "", "v1", "services", namespace, body=body)
-        elif kind == "Job":
-            _call("create", "batch", "v1", "jobs", namespace, body=body)
-        elif kind == "ModelVersion":
-            _call("create", GROUP, VERSION, "modelversions", namespace, body=body)
-        else:
-            raise ValueError(f"no create for kind {kind}")
+        _post(body)
     except ApiException as exc:
         if exc.status == 409:
             return False
         raise
-    log.info("created %s %s/%s", kind, namespace, body["metadata"]["name"])
+    meta = body["metadata"]
+    log.info("created %s %s/%s", body["kind"], meta.get("namespace"), meta["name"])
     return True
 
 
-def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
+def create_review(body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a cluster-scoped review (SubjectAccessReview); the server's answer, with its
+    status filled in."""
+    return dict(_post(body))
+
+
+def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The object as stored now (None when there is none)."""
+    try:
+        return dict(_request("GET", _path(api_version, kind, "get", namespace, name)))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch(
+    api_version: str,
+    kind: str,
+    namespace: str | None,
+    name: str,
+    patch: dict[str, Any],
+    *,
+    subresource: str | None = None,
+) -> dict[str, Any] | None:
+    """JSON-merge-patch the object (or its `subresource`); the object the server answered,
+    None when there is none."""
+    path = _path(api_version, kind, "patch", namespace, name, subresource)
+    try:
+        return dict(_request("PATCH", path, patch, MERGE_PATCH))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
     """Delete an object with background propagation; False when it was already gone."""
     options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
     try:
-        if kind == "Job":
-            _call("delete", "batch", "v1", "jobs", namespace, name, body=options)
-        elif kind == "ConfigMap":
-            _call("delete", "", "v1", "configmaps", namespace, name, body=options)
-        elif kind == "Service":
-            _call("delete", "", "v1", "services", namespace, name, body=options)
-        else:
-            raise ValueError(f"no delete for {api_version} {kind}")
+        _request("DELETE", _path(api_version, kind, "delete", namespace, name), options)
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -239,14 +323,21 @@ def delete(api_version: str, kind: str, namespace: str, name: str) -> bool:
     return True
 
 
+_patch = patch  # for the helpers below, whose `patch` parameter hides the function
+
+
+def _found(answer: dict[str, Any] | None, kind: str, namespace: str, name: str) -> None:
+    if answer is None:
+        raise ApiException(status=404, reason=f"{kind} {namespace}/{name} not found")
+
+
+# ----------------------------------------------------------------------------- FineTuneJob,
+# ModelVersion
+
+
 def get_model_version(namespace: str, name: str) -> dict[str, Any] | None:
     """The ModelVersion as stored now (None when there is none)."""
-    try:
-        return dict(_call("get", GROUP, VERSION, "modelversions", namespace, name))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get(API_VERSION, "ModelVersion", namespace, name)
 
 
 def can_approve(userinfo: dict[str, Any], namespace: str, name: str) -> tuple[bool, str]:
@@ -270,8 +361,7 @@ def can_approve(userinfo: dict[str, Any], namespace: str, name: str) -> tuple[bo
         "kind": "SubjectAccessReview",
         "spec": {k: v for k, v in spec.items() if v is not None},
     }
-    answer = _call("create", "authorization.k8s.io", "v1", "subjectaccessreviews", body=review)
-    status = answer.get("status") or {}
+    status = create_review(review).get("status") or {}
     return bool(status.get("allowed")), str(status.get("reason") or "")
 
 
@@ -281,44 +371,16 @@ def patch_object(plural: str, namespace: str, name: str, patch: dict[str, Any]) 
     status = {"status": patch["status"]} if patch.get("status") else None
     rest = {k: v for k, v in patch.items() if k != "status"}
     if plural == "finetunejobs" and not rest:
-        if status:
-            _call(
-                "patch",
-                GROUP,
-                VERSION,
-                "finetunejobs",
-                namespace,
-                name,
-                subresource="status",
-                body=status,
-                content_type=MERGE_PATCH,
-            )
+        kind = "FineTuneJob"
     elif plural == "modelversions":
-        if rest:
-            _call(
-                "patch",
-                GROUP,
-                VERSION,
-                "modelversions",
-                namespace,
-                name,
-                body=rest,
-                content_type=MERGE_PATCH,
-            )
-        if status:
-            _call(
-                "patch",
-                GROUP,
-                VERSION,
-                "modelversions",
-                namespace,
-                name,
-                subresource="status",
-                body=status,
-                content_type=MERGE_PATCH,
-            )
+        kind = "ModelVersion"
     else:
         raise ValueError(f"no patch for {plural} {sorted(patch)}")
+    if rest:
+        _found(_patch(API_VERSION, kind, namespace, name, rest), kind, namespace, name)
+    if status:
+        answer = _patch(API_VERSION, kind, namespace, name, status, subresource="status")
+        _found(answer, kind, namespace, name)
 
 
 # ----------------------------------------------------------------------------- Rollout
@@ -328,46 +390,22 @@ ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferen
 
 def get_rollout(namespace: str, name: str) -> dict[str, Any] | None:
     """The Rollout as stored now (None when it is gone)."""
-    try:
-        return dict(_call("get", GROUP, VERSION, "rollouts", namespace, name))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get(API_VERSION, "Rollout", namespace, name)
 
 
 def patch_rollout_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch the Rollout's status subresource."""
-    _call(
-        "patch",
-        GROUP,
-        VERSION,
-        "rollouts",
-        namespace,
-        name,
-        subresource="status",
-        body={"status": patch},
-        content_type=MERGE_PATCH,
+    answer = _patch(
+        API_VERSION, "Rollout", namespace, name, {"status": patch}, subresource="status"
     )
+    _found(answer, "Rollout", namespace, name)
 
 
 def patch_inference_service_predictor(namespace: str, name: str, patch: dict[str, Any]) -> bool:
     """Merge-patch a KServe InferenceService; False when it does not exist."""
-    try:
-        _call(
-            "patch",
-            "serving.kserve.io",
-            ISVC_VERSION,
-            "inferenceservices",
-            namespace,
-            name,
-            body=patch,
-            content_type=MERGE_PATCH,
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise
+    answer = _patch(f"{ISVC_GROUP}/{ISVC_VERSION}", "InferenceService", namespace, name, patch)
+    if answer is None:
+        return False
     log.info("patched InferenceService %s/%s: %s", namespace, name, patch)
     return True
 
@@ -402,28 +440,20 @@ def set_model_version_deployment(
             change["supersededBy"] = superseded_by
         if not change:
             return True
-        patch = {
+        merge = {
             "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
             "status": change,
         }
         try:
-            _call(
-                "patch",
-                GROUP,
-                VERSION,
-                "modelversions",
-                namespace,
-                name,
-                subresource="status",
-                body=patch,
-                content_type=MERGE_PATCH,
+            answer = patch(
+                API_VERSION, "ModelVersion", namespace, name, merge, subresource="status"
             )
         except ApiException as exc:
             if exc.status == 409:
                 continue
-            if exc.status == 404:
-                return False
             raise
+        if answer is None:
+            return False
         log.info("ModelVersion %s/%s status: %s", namespace, name, change)
         return True
     raise RuntimeError(f"ModelVersion {namespace}/{name}: deployments still conflicting")

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from whetstone_contract.result import CheckpointInfo, Progress
 from whetstone_operator.reconcile.finetunejob import JobView, PodView, VersionView
 from whetstone_operator.render.workload import COMPLETION_INDEX_ANNOTATION
-from whetstone_trainer.result import CheckpointInfo, Progress
 
 log = logging.getLogger(__name__)
 

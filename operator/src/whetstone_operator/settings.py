@@ -1,10 +1,14 @@
-"""Operator options and kopf settings (storage of kopf's own bookkeeping, timeouts, logging)."""
+"""Operator options and kopf settings (storage of kopf's own bookkeeping, timeouts, logging).
+
+The options are read once, at start-up, from flags and the environment (`__main__.py`), and
+handed to `configure`; nothing reads the environment at import time."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -31,6 +35,14 @@ class OperatorOptions:
     webhook_cert: str = ""
     webhook_key: str = ""
     webhook_managed: str = ""
+    webhook_validate_specs: bool = True
+    priority: int = 0
+    # FineTuneJobs and ModelVersions re-reconcile every resync_seconds; Rollouts every
+    # rollout_resync_seconds, since pauses and analysis rounds fall due on the clock.
+    resync_seconds: float = 10.0
+    rollout_resync_seconds: float = 1.0
+    approval_key: bytes | None = field(default=None, repr=False)
+    trainer: TrainerDefaults = field(default_factory=TrainerDefaults)
 
 
 OPTIONS = OperatorOptions()
@@ -42,22 +54,41 @@ def configure(options: OperatorOptions) -> None:
     OPTIONS = options
 
 
-def trainer_defaults() -> TrainerDefaults:
-    """Trainer pod defaults: the image and progress port options, plus the JSON object in
+def trainer_defaults(
+    image: str, progress_port: int, extra: Mapping[str, object] | None = None
+) -> TrainerDefaults:
+    """Trainer pod defaults: the image and progress port options, plus the JSON object of
     WHETSTONE_TRAINER_DEFAULTS (nodeSelector, tolerations, gpuResourceName, shmSize,
     validationCpu, validationMemory, imagePullPolicy)."""
-    extra = json.loads(os.environ.get("WHETSTONE_TRAINER_DEFAULTS", "") or "{}")
+    extra = dict(extra or {})
     return TrainerDefaults(
-        image=OPTIONS.trainer_image,
-        progress_port=OPTIONS.progress_port,
-        node_selector=dict(extra.get("nodeSelector", {})),
-        tolerations=list(extra.get("tolerations", [])),
+        image=image,
+        progress_port=progress_port,
+        node_selector=dict(extra.get("nodeSelector") or {}),  # type: ignore[call-overload]
+        tolerations=list(extra.get("tolerations") or []),  # type: ignore[call-overload]
         gpu_resource_name=str(extra.get("gpuResourceName") or "nvidia.com/gpu"),
         shm_size=str(extra["shmSize"]) if extra.get("shmSize") else None,
         validation_cpu=str(extra.get("validationCpu", "500m")),
         validation_memory=str(extra.get("validationMemory", "2Gi")),
         image_pull_policy=str(extra.get("imagePullPolicy", "IfNotPresent")),
     )
+
+
+def parse_trainer_defaults(text: str) -> dict[str, object]:
+    """WHETSTONE_TRAINER_DEFAULTS: a JSON object (empty = none)."""
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict):
+        raise ValueError("WHETSTONE_TRAINER_DEFAULTS must be a JSON object")
+    return value
+
+
+def read_approval_key(env: Mapping[str, str]) -> bytes | None:
+    """The key from WHETSTONE_APPROVAL_KEY_FILE or WHETSTONE_APPROVAL_KEY; None when unset."""
+    path = env.get("WHETSTONE_APPROVAL_KEY_FILE")
+    if path:
+        return Path(path).read_bytes().strip()
+    value = env.get("WHETSTONE_APPROVAL_KEY")
+    return value.encode() if value else None
 
 
 @kopf.on.startup()

@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from whetstone_operator import k8s
+from whetstone_operator import k8s, settings
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.common import format_time
 from whetstone_operator.api.errors import SpecError, parse_spec
@@ -24,12 +23,10 @@ from whetstone_operator.approval import (
     APPROVAL_ANNOTATION,
     APPROVE_ANNOTATION,
     REVOKE_ANNOTATION,
-    approval_key,
     sign,
 )
 from whetstone_operator.reconcile.validation import spec_model
 
-VALIDATE_SPECS = os.environ.get("WHETSTONE_WEBHOOK_VALIDATE_SPECS", "true").lower() == "true"
 _KINDS = {"finetunejobs": "FineTuneJob", "modelversions": "ModelVersion", "rollouts": "Rollout"}
 
 
@@ -92,7 +89,7 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         annotations[APPROVAL_ANNOTATION] = None
         annotations[REVOKE_ANNOTATION] = None
         return
-    key = approval_key()
+    key = settings.OPTIONS.approval_key
     if key is None:
         raise kopf.AdmissionError("approvals are not configured: the operator has no key", 500)
     digest = str(((body.get("spec") or {}).get("artifact") or {}).get("digest", ""))
@@ -130,7 +127,7 @@ def validate_spec(body: kopf.Body, resource: kopf.Resource, **kwargs: Any) -> No
                 raise kopf.AdmissionError(
                     f"spec.{part} is immutable: register a new ModelVersion instead", code=422
                 )
-    if not VALIDATE_SPECS:
+    if not settings.OPTIONS.webhook_validate_specs:
         return
     try:
         parse_spec(spec_model(_KINDS[resource.plural]), dict(body.get("spec") or {}))

@@ -2,7 +2,6 @@
 
     python -m whetstone_trainer --config FILE [--validate-only]   what the pods run
     python -m whetstone_trainer verify URI [--digest sha256:...]  recompute an artifact's digests
-    python -m whetstone_trainer local FINETUNEJOB.yaml [--output DIR]  run a FineTuneJob on CPU
 
 Exit codes: 0 success, 1 failure, 3 invalid data, 143 preempted (checkpoint saved).
 The termination message (TrainerResult, or TrainerFailure on error) is also printed.
@@ -20,8 +19,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from whetstone_trainer.config import TrainerConfig
-from whetstone_trainer.result import (
+from whetstone_contract.config import TrainerConfig
+from whetstone_contract.result import (
     EXIT_FAILED,
     EXIT_INVALID_DATA,
     EXIT_OK,
@@ -130,14 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--digest", help="expected manifest digest (sha256:...)")
         ns = parser.parse_args(args[1:])
         return verify_command(ns.uri, ns.digest)
-    if args and args[0] == "local":
-        from whetstone_trainer.local import main as local_main
-
-        return local_main(args[1:])
     parser = argparse.ArgumentParser(
         prog="whetstone_trainer",
-        description="Fine-tune a model from a TrainerConfig. Subcommands: verify URI, "
-        "local FINETUNEJOB.yaml.",
+        description="Fine-tune a model from a TrainerConfig. Subcommand: verify URI.",
     )
     parser.add_argument(
         "--config", type=Path, required=True, help="TrainerConfig file (YAML or JSON)"

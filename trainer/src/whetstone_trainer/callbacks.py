@@ -5,26 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import TrainerCallback
 
+from whetstone_trainer.checkpoints import CheckpointStore
+from whetstone_trainer.distributed import any_rank
 from whetstone_trainer.progress import ProgressReporter
-
-if TYPE_CHECKING:
-    from whetstone_trainer.train import Run
-
-
-def _any_rank(flag: bool) -> bool:
-    """True when `flag` is true on any rank (every rank must stop at the same step)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
 
 
 class PreemptionCallback(TrainerCallback):
@@ -35,7 +22,7 @@ class PreemptionCallback(TrainerCallback):
         self.preempted = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if _any_rank(self.stop.is_set()):
+        if any_rank(self.stop.is_set()):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
@@ -46,8 +33,9 @@ class PreemptionCallback(TrainerCallback):
 class CheckpointCallback(TrainerCallback):
     """After the Trainer saved a checkpoint: publish it and write its COMPLETE marker."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(self, store: CheckpointStore, reporter: ProgressReporter | None) -> None:
+        self.store = store
+        self.reporter = reporter
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -56,9 +44,9 @@ class CheckpointCallback(TrainerCallback):
             if "eval_loss" in entry:
                 eval_loss = float(entry["eval_loss"])
                 break
-        self.run.publish_checkpoint(folder, state.global_step, eval_loss)
-        if self.run.reporter is not None:
-            self.run.reporter.set_checkpoints(self.run.checkpoints_published)
+        self.store.publish(folder, state.global_step, eval_loss)
+        if self.reporter is not None:
+            self.reporter.set_checkpoints(self.store.published)
         return control
 
 

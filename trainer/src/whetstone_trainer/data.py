@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from whetstone_trainer.config import DataSelection, DatasetSpec, RedactionKind
-from whetstone_trainer.result import DataReport
+from whetstone_contract.config import DataSelection, DatasetSpec, RedactionKind
+from whetstone_contract.result import DataReport
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from whetstone_trainer.config import LoraSettings, MethodSpec, ModelSource
+from whetstone_contract.config import LoraSettings, MethodSpec, ModelSource
 from whetstone_trainer.storage import StorageError, fetch_to_local, split_uri
 
 

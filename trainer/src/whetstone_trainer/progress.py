@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from whetstone_trainer.result import CheckpointInfo, Progress
+from whetstone_contract.result import CheckpointInfo, Progress
 
 TERMINATION_LOG_ENV = "WHETSTONE_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
@@ -33,7 +33,7 @@ class ProgressReporter:
         self._file = file
         self._file_interval_s = file_interval_s
         self._last_file_write = 0.0
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _ProgressServer | None = None
         self._started = time.monotonic()
         self._tokens = 0
         self._tokens_at_start: int | None = None
@@ -99,35 +99,7 @@ class ProgressReporter:
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Serve GET /progress (and /healthz) on host:port; returns the bound port."""
-        reporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] in ("/progress", "/"):
-                    body = json.dumps(reporter.progress.wire()).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                elif self.path.split("?")[0] == "/checkpoints":
-                    body = json.dumps([c.wire() for c in reporter.checkpoints]).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                elif self.path == "/healthz":
-                    body = b"ok\n"
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/plain")
-                else:
-                    body = b"not found\n"
-                    self.send_response(404)
-                    self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # the operator polls often; access logs would drown the training log
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _ProgressServer((host, port), self)
         thread = threading.Thread(
             target=self._server.serve_forever, name="progress-http", daemon=True
         )
@@ -139,6 +111,44 @@ class ProgressReporter:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _ProgressHandler(BaseHTTPRequestHandler):
+    """GET /progress, /checkpoints and /healthz of the server's reporter."""
+
+    def do_GET(self) -> None:
+        assert isinstance(self.server, _ProgressServer)
+        reporter = self.server.reporter
+        if self.path.split("?")[0] in ("/progress", "/"):
+            body = json.dumps(reporter.progress.wire()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        elif self.path.split("?")[0] == "/checkpoints":
+            body = json.dumps([c.wire() for c in reporter.checkpoints]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        elif self.path == "/healthz":
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+        else:
+            body = b"not found\n"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # the operator polls often; access logs would drown the training log
+
+
+class _ProgressServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], reporter: ProgressReporter) -> None:
+        super().__init__(address, _ProgressHandler)
+        self.reporter = reporter
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from whetstone_trainer.config import CamelModel
+from whetstone_contract.base import CamelModel
 
 GROUP = "whetstone.dev"
 VERSION = "v1alpha1"

@@ -6,10 +6,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
-from whetstone_operator.api.modelversion import Gate, MetricValues
-from whetstone_trainer.config import (
-    CamelModel,
+from whetstone_contract.base import CamelModel
+from whetstone_contract.config import (
     DatasetSpec,
     DeepSpeedSettings,
     EarlyStopping,
@@ -20,7 +18,9 @@ from whetstone_trainer.config import (
     OutputSpec,
     check_combination,
 )
-from whetstone_trainer.result import CheckpointInfo, DataReport, Progress
+from whetstone_contract.result import CheckpointInfo, DataReport, Progress
+from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
+from whetstone_operator.api.modelversion import Gate, MetricValues
 
 
 class BaseModelSpec(ModelSource):
@@ -190,6 +190,8 @@ class FineTuneJobSpec(CamelModel):
 
 
 FineTuneJobPhase = Literal["Pending", "Validating", "Running", "Suspended", "Succeeded", "Failed"]
+# A finished FineTuneJob is never reconciled again (unless its spec changes).
+FINETUNEJOB_FINISHED: tuple[FineTuneJobPhase, ...] = ("Succeeded", "Failed")
 
 
 class FineTuneJobStatus(StatusBase):

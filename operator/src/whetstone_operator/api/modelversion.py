@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from whetstone_contract.base import CamelModel
+from whetstone_contract.config import ModelSource
 from whetstone_operator.api.common import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -13,7 +15,6 @@ from whetstone_operator.api.common import (
     SecretRef,
     StatusBase,
 )
-from whetstone_trainer.config import CamelModel, ModelSource
 
 DIGEST = r"^sha256:[0-9a-f]{64}$"
 KNOWN_METRICS = ("loss", "evalLoss", "perplexity", "exactMatch", "rougeL", "accuracy")

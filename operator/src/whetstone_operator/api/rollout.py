@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from whetstone_contract.base import CamelModel
 from whetstone_operator.api.common import (
     DNS_SUBDOMAIN,
     DURATION,
@@ -14,7 +15,6 @@ from whetstone_operator.api.common import (
     StatusBase,
     parse_duration,
 )
-from whetstone_trainer.config import CamelModel
 
 
 class PauseStep(CamelModel):
@@ -344,6 +344,9 @@ class RolloutSpec(CamelModel):
 
 
 RolloutPhase = Literal["Pending", "Progressing", "Paused", "Succeeded", "Aborted", "Failed"]
+# A canary is running (held or not); a finished Rollout is no longer resynced.
+ROLLOUT_ACTIVE: tuple[RolloutPhase, ...] = ("Progressing", "Paused")
+ROLLOUT_FINISHED: tuple[RolloutPhase, ...] = ("Succeeded", "Failed")
 
 
 class AnalysisResult(CamelModel):

@@ -1,14 +1,16 @@
-"""Kopf handler registrations, one module per kind; importing this package registers them all."""
+"""Kopf registrations: the shared reconcile loop and one module per kind; importing this
+package registers them all."""
 
 import kopf
 
-from whetstone_operator.handlers import finetunejob, indexes, modelversion, resync, rollout
+from whetstone_operator.handlers import finetunejob, indexes, modelversion, rollout, runtime
 
 
-def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> int:
+def _daemons_without_finalizers(registry: kopf.OperatorRegistry) -> int:
     """kopf guards every timer and daemon with a finalizer so that it stops before its object
-    goes. Ours only re-run an idempotent reconcile, so that guard buys nothing and costs a write per
-    object and a deletion that hangs while no operator runs: drop it (kopf is pinned)."""
+    goes. Ours only re-runs an idempotent reconcile, so that guard buys nothing and costs a
+    write per object and a deletion that hangs while no operator runs: drop it (kopf is
+    pinned)."""
     changed = 0
     for handler in registry._spawning.get_all_handlers():
         if getattr(handler, "requires_finalizer", False):
@@ -17,6 +19,6 @@ def _timers_without_finalizers(registry: kopf.OperatorRegistry) -> int:
     return changed
 
 
-_timers_without_finalizers(kopf.get_default_registry())
+_daemons_without_finalizers(kopf.get_default_registry())
 
-__all__ = ["finetunejob", "indexes", "modelversion", "resync", "rollout"]
+__all__ = ["finetunejob", "indexes", "modelversion", "rollout", "runtime"]

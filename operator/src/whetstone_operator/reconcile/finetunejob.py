@@ -18,18 +18,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from whetstone_contract.result import (
+    EXIT_INVALID_DATA,
+    CheckpointInfo,
+    DataReport,
+    Progress,
+    TrainerResult,
+)
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.common import (
     Condition,
-    ConditionStatus,
     format_time,
     get_condition,
     parse_time,
-    set_condition,
 )
-from whetstone_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from whetstone_operator.api.finetunejob import (
+    FINETUNEJOB_FINISHED,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+)
 from whetstone_operator.api.modelversion import KNOWN_METRICS, MetricValues
-from whetstone_operator.reconcile.validation import EventSpec, decide_validity
+from whetstone_operator.reconcile.core import Create, Decision, Delete, Draft, Event, Obj
+from whetstone_operator.reconcile.validation import check_spec
 from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (
     LABEL_JOB,
@@ -42,15 +52,7 @@ from whetstone_operator.render.workload import (
     label_value,
     trainer_job_name,
 )
-from whetstone_trainer.result import (
-    EXIT_INVALID_DATA,
-    CheckpointInfo,
-    DataReport,
-    Progress,
-    TrainerResult,
-)
 
-TERMINAL = ("Succeeded", "Failed")
 # What a started run takes from a changed spec; any other change would mix two specs in one
 # run (a checkpoint of one LoRA rank resumed with another, data validated under other rules).
 # Registration happens after training, so its changes apply too.
@@ -118,46 +120,7 @@ class Observed:
     progress: Progress | None = None
     checkpoints: tuple[CheckpointInfo, ...] | None = None
     model_versions: tuple[VersionView, ...] = ()
-
-
-@dataclass(frozen=True)
-class Create:
-    """Create `body` unless an object of that name exists."""
-
-    body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Delete:
-    """Delete an object (background propagation) if it exists."""
-
-    api_version: str
-    kind: str
-    name: str
-
-
-Action = Create | Delete
-
-
-@dataclass
-class Decision:
-    """Actions to execute, then the status patch to write and the Events to emit."""
-
-    actions: list[Action] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[EventSpec] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class JobObject:
-    """The FineTuneJob itself."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None
-    spec: dict[str, Any]
-    status: dict[str, Any]
+    defaults: TrainerDefaults = field(default_factory=TrainerDefaults)
 
 
 def _status(raw: dict[str, Any]) -> FineTuneJobStatus:
@@ -262,7 +225,7 @@ def metric_values(raw: dict[str, Any]) -> MetricValues:
 
 
 def build_model_version(
-    job: JobObject,
+    job: Obj,
     spec: FineTuneJobSpec,
     result: TrainerResult,
     existing: tuple[VersionView, ...],
@@ -310,52 +273,6 @@ def build_model_version(
     }
 
 
-class _Builder:
-    """Accumulates a Decision while tracking the status being built."""
-
-    def __init__(self, job: JobObject, status: FineTuneJobStatus, now: datetime) -> None:
-        self.job = job
-        self.before = status
-        self.status = status.model_copy(deep=True)
-        self.now = now
-        self.decision = Decision()
-        self._phase_event: EventSpec | None = None
-
-    def condition(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
-        value: ConditionStatus = "Unknown" if ok is None else ("True" if ok else "False")
-        self.status.conditions = set_condition(
-            self.status.conditions, type_, value, reason, message, self.now, self.job.generation
-        )
-
-    def phase(
-        self,
-        phase: str,
-        reason: str,
-        message: str,
-        warning: bool = False,
-        event_message: str | None = None,
-    ) -> None:
-        if self.status.phase != phase:
-            event = EventSpec("Warning" if warning else "Normal", reason, event_message or message)
-            # Several transitions in one reconcile post one Event: the last one tells the story.
-            if self._phase_event is not None:
-                self.decision.events.remove(self._phase_event)
-            self.decision.events.append(event)
-            self._phase_event = event
-        self.status.phase = phase  # type: ignore[assignment]
-        self.status.message = message
-
-    def finish(self) -> Decision:
-        self.status.observed_generation = self.job.generation
-        after = self.status.wire()
-        before = self.before.wire()
-        patch = {k: v for k, v in after.items() if before.get(k) != v}
-        for key in before.keys() - after.keys():
-            patch[key] = None
-        self.decision.status = patch
-        return self.decision
-
-
 def spec_fingerprint(spec: Mapping[str, Any]) -> str:
     """A digest of the spec without the fields a started run takes."""
     kept = {k: v for k, v in spec.items() if k not in MUTABLE_WHILE_RUNNING}
@@ -363,10 +280,10 @@ def spec_fingerprint(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _spec_changed(b: _Builder) -> bool:
+def _spec_changed(b: Draft[FineTuneJobStatus]) -> bool:
     """Whether the spec changed since the run started (beyond what a started run takes);
     reported in the SpecApplied condition, with a Warning Event when it first happens."""
-    current = spec_fingerprint(b.job.spec)
+    current = spec_fingerprint(b.obj.spec)
     started = b.status.spec_fingerprint
     if started is None:
         if b.status.phase not in (None, "Pending"):
@@ -381,42 +298,36 @@ def _spec_changed(b: _Builder) -> bool:
         return False
     b.condition("SpecApplied", False, "ChangedAfterStart", SPEC_CHANGED)
     if applied is None or applied.status != "False":
-        b.decision.events.append(EventSpec("Warning", "SpecChangedAfterStart", SPEC_CHANGED))
+        b.decision.events.append(Event("Warning", "SpecChangedAfterStart", SPEC_CHANGED))
     return True
 
 
-def decide_finetunejob(
-    job: JobObject, observed: Observed, now: datetime, defaults: TrainerDefaults
-) -> Decision:
+def decide_finetunejob(job: Obj, observed: Observed, now: datetime) -> Decision:
     """The next actions and status of a FineTuneJob."""
-    status = _status(job.status)
-    b = _Builder(job, status, now)
-    if b.status.phase in TERMINAL:
-        return b.finish() if b.before.observed_generation != job.generation else Decision()
-
-    validity = decide_validity("FineTuneJob", job.spec, job.status, job.generation, now)
-    b.status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
-    if validity.event is not None:
-        b.decision.events.append(validity.event)
-    if not validity.valid:
-        b.status.phase = b.status.phase or "Pending"
-        b.status.message = validity.status_patch["message"]
+    b = Draft(job, _status(job.status), now)
+    if b.status.phase in FINETUNEJOB_FINISHED:
+        return b.finish() if b.before.get("observedGeneration") != job.generation else Decision()
+    spec = check_spec(b, "FineTuneJob")
+    if spec is None:
         return b.finish()
-    spec = validity.spec
     assert isinstance(spec, FineTuneJobSpec)
     owner = Owner(job.name, job.namespace, job.uid)
     if b.status.phase is None:
         b.phase("Pending", "Accepted", "spec is valid; validating data")
 
     changed = _spec_changed(b)
-    if not _decide_data(b, spec, owner, observed, defaults):
+    if not _decide_data(b, spec, owner, observed, observed.defaults):
         return b.finish()
-    _decide_training(b, spec, owner, observed, defaults, changed)
+    _decide_training(b, spec, owner, observed, observed.defaults, changed)
     return b.finish()
 
 
 def _decide_data(
-    b: _Builder, spec: FineTuneJobSpec, owner: Owner, observed: Observed, defaults: TrainerDefaults
+    b: Draft[FineTuneJobStatus],
+    spec: FineTuneJobSpec,
+    owner: Owner,
+    observed: Observed,
+    defaults: TrainerDefaults,
 ) -> bool:
     """Run the CPU validation pod; True once the data is known good."""
     validated = get_condition(b.status.conditions, "DataValidated")
@@ -433,7 +344,7 @@ def _decide_data(
             Create(build_config_map(owner, config)),
             Create(build_validation_job(owner, spec, defaults)),
         ]
-        b.status.spec_fingerprint = spec_fingerprint(b.job.spec)
+        b.status.spec_fingerprint = spec_fingerprint(b.obj.spec)
         b.condition("DataValidated", None, "Validating", "the validation pod checks the data")
         b.phase("Validating", "ValidationStarted", "validating data on a CPU pod")
         return False
@@ -490,7 +401,7 @@ def _waiting_problem(job: JobView) -> str | None:
 
 
 def _decide_training(
-    b: _Builder,
+    b: Draft[FineTuneJobStatus],
     spec: FineTuneJobSpec,
     owner: Owner,
     observed: Observed,
@@ -573,7 +484,11 @@ def _running_message(progress: Progress | None, job: JobView) -> str:
 
 
 def _decide_success(
-    b: _Builder, spec: FineTuneJobSpec, tjob: JobView, observed: Observed, defaults: TrainerDefaults
+    b: Draft[FineTuneJobStatus],
+    spec: FineTuneJobSpec,
+    tjob: JobView,
+    observed: Observed,
+    defaults: TrainerDefaults,
 ) -> None:
     pod = _rank0(tjob)
     result = parse_result(pod.message if pod else None)
@@ -595,19 +510,18 @@ def _decide_success(
     )
     b.condition("Training", True, "TrainerSucceeded", f"artifact {result.artifact_uri}")
     if spec.registration is not None and b.status.model_version is None:
-        mine = [v for v in observed.model_versions if v.fine_tune_job == b.job.name]
+        mine = [v for v in observed.model_versions if v.fine_tune_job == b.obj.name]
         if mine:
             b.status.model_version = mine[0].name
         else:
             body = build_model_version(
-                b.job, spec, result, observed.model_versions, spec.image or defaults.image, b.now
+                b.obj, spec, result, observed.model_versions, spec.image or defaults.image, b.now
             )
-            b.decision.actions.append(Create(body))
+            # The name is this job's only when the existing one was registered by it.
+            b.act(Create(body, must_match=("spec.source.fineTuneJob",)))
             b.status.model_version = body["metadata"]["name"]
             b.decision.events.append(
-                EventSpec(
-                    "Normal", "Registered", f"registered ModelVersion {body['metadata']['name']}"
-                )
+                Event("Normal", "Registered", f"registered ModelVersion {body['metadata']['name']}")
             )
     b.status.completion_time = b.status.completion_time or format_time(b.now)
     b.phase("Succeeded", "Succeeded", f"artifact {result.artifact_uri} ({result.manifest_digest})")

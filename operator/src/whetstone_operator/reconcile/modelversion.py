@@ -4,12 +4,14 @@ derive the lifecycle phase from what Rollouts report. Pure: `now` is a parameter
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ValidationError
 
-from whetstone_operator.api.common import Condition, ConditionStatus, get_condition, set_condition
+from whetstone_contract.result import EXIT_VERIFY_FAILED
+from whetstone_operator.api import API_VERSION
+from whetstone_operator.api.common import get_condition
 from whetstone_operator.api.modelversion import (
     Gate,
     GateResult,
@@ -17,23 +19,21 @@ from whetstone_operator.api.modelversion import (
     ModelVersionStatus,
 )
 from whetstone_operator.approval import Approval
-from whetstone_operator.reconcile.finetunejob import Create, Decision, JobView, recently
-from whetstone_operator.reconcile.validation import EventSpec, decide_validity
+from whetstone_operator.reconcile.core import Create, Decision, Draft, Obj, Patch
+from whetstone_operator.reconcile.finetunejob import JobView, recently
+from whetstone_operator.reconcile.validation import check_spec
 from whetstone_operator.render.verify import VersionOwner, build_verify_job
 from whetstone_operator.render.workload import TrainerDefaults
-from whetstone_trainer.result import EXIT_VERIFY_FAILED
 
 
 @dataclass(frozen=True)
-class VersionObject:
-    """The ModelVersion itself."""
+class Observed:
+    """What a ModelVersion's decision sees besides the object: its verify Job, the approval
+    record whose signature verified, and the platform's pod defaults."""
 
-    name: str
-    namespace: str
-    uid: str
-    generation: int | None
-    spec: dict[str, object]
-    status: dict[str, object]
+    verify_job: JobView | None = None
+    approval: Approval | None = None
+    defaults: TrainerDefaults = field(default_factory=TrainerDefaults)
 
 
 def evaluate_gate(gate: Gate, spec: ModelVersionSpec) -> GateResult:
@@ -111,51 +111,34 @@ def _status(raw: dict[str, object]) -> ModelVersionStatus:
         return ModelVersionStatus()
 
 
-def decide_modelversion(
-    mv: VersionObject,
-    verify_job: JobView | None,
-    approval: Approval | None,
-    now: datetime,
-    defaults: TrainerDefaults,
-) -> Decision:
+def decide_modelversion(mv: Obj, observed: Observed, now: datetime) -> Decision:
     """The next actions and status of a ModelVersion."""
-    before = _status(mv.status)
-    status = before.model_copy(deep=True)
-    decision = Decision()
+    d = Draft(mv, _status(mv.status), now)
+    labels = registry_labels(mv.spec, dict(mv.labels))
+    if labels:
+        d.act(Patch(API_VERSION, "ModelVersion", mv.name, {"metadata": {"labels": labels}}))
+    spec = check_spec(d, "ModelVersion")
+    if not isinstance(spec, ModelVersionSpec):
+        return d.finish()
+    _decide(d, spec, observed)
+    return d.finish()
 
-    def cond(type_: str, value: ConditionStatus, reason: str, message: str) -> None:
-        status.conditions = set_condition(
-            status.conditions, type_, value, reason, message, now, mv.generation
-        )
 
-    def phase(new: str, reason: str, message: str, warning: bool = False) -> None:
-        if status.phase != new:
-            decision.events.append(EventSpec("Warning" if warning else "Normal", reason, message))
-        status.phase = new  # type: ignore[assignment]
-        status.message = message
-
-    validity = decide_validity("ModelVersion", dict(mv.spec), dict(mv.status), mv.generation, now)
-    status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
-    if validity.event is not None:
-        decision.events.append(validity.event)
-    if not validity.valid or not isinstance(validity.spec, ModelVersionSpec):
-        status.phase = status.phase or "Pending"
-        status.message = str(validity.status_patch["message"])
-        return _finish(decision, before, status, mv.generation)
-    spec = validity.spec
+def _decide(d: Draft[ModelVersionStatus], spec: ModelVersionSpec, observed: Observed) -> None:
+    status, now, mv, verify_job = d.status, d.now, d.obj, observed.verify_job
 
     # 1. The artifact must exist and match its digest before anything else.
     verified = status.verified_digest == spec.artifact.digest
     if not verified:
         pending = get_condition(status.conditions, "ArtifactVerified")
         if verify_job is None and recently(pending, "Verifying", now):
-            return _finish(decision, before, status, mv.generation)
+            return
         if verify_job is None:
             owner = VersionOwner(mv.name, mv.namespace, mv.uid)
-            decision.actions.append(Create(build_verify_job(owner, spec, defaults)))
-            cond("ArtifactVerified", "Unknown", "Verifying", "a verify pod checks the digests")
-            phase("Pending", "VerificationStarted", "verifying the artifact's digests")
-            return _finish(decision, before, status, mv.generation)
+            d.act(Create(build_verify_job(owner, spec, observed.defaults)))
+            d.condition("ArtifactVerified", None, "Verifying", "a verify pod checks the digests")
+            d.phase("Pending", "VerificationStarted", "verifying the artifact's digests")
+            return
         # A pod that exits EXIT_VERIFY_FAILED is a definite answer; other failures are retried
         # by the Job (storage hiccups) until its backoff limit.
         definite = [p for p in verify_job.pods if p.exit_code == EXIT_VERIFY_FAILED]
@@ -166,23 +149,23 @@ def decide_modelversion(
                 message = (
                     f"artifact digest is {digest}, spec.artifact.digest is {spec.artifact.digest}"
                 )
-                cond("ArtifactVerified", "False", "DigestMismatch", message)
-                phase("Rejected", "DigestMismatch", message, warning=True)
-                return _finish(decision, before, status, mv.generation)
+                d.condition("ArtifactVerified", False, "DigestMismatch", message)
+                d.phase("Rejected", "DigestMismatch", message, warning=True)
+                return
             status.verified_digest = spec.artifact.digest
-            cond("ArtifactVerified", "True", "DigestMatches", f"{spec.artifact.uri} verified")
+            d.condition("ArtifactVerified", True, "DigestMatches", f"{spec.artifact.uri} verified")
         elif verify_job.failed_reason is not None or definite:
             reason = "DigestMismatch" if "mismatch" in detail.lower() else "VerificationFailed"
             message = f"artifact {spec.artifact.uri} failed verification: {detail or 'no detail'}"
-            cond("ArtifactVerified", "False", reason, message)
-            phase("Rejected", reason, message, warning=True)
-            return _finish(decision, before, status, mv.generation)
+            d.condition("ArtifactVerified", False, reason, message)
+            d.phase("Rejected", reason, message, warning=True)
+            return
         else:
-            phase("Pending", "VerificationStarted", "verifying the artifact's digests")
-            return _finish(decision, before, status, mv.generation)
+            d.phase("Pending", "VerificationStarted", "verifying the artifact's digests")
+            return
 
     else:
-        cond("ArtifactVerified", "True", "DigestMatches", f"{spec.artifact.uri} verified")
+        d.condition("ArtifactVerified", True, "DigestMatches", f"{spec.artifact.uri} verified")
 
     # 2. Gates on the recorded metrics.
     results = [evaluate_gate(g, spec) for g in spec.gates]
@@ -190,26 +173,27 @@ def decide_modelversion(
     failed = [r for r in results if not r.passed]
     if failed:
         message = "; ".join(f"{r.metric}: {r.message}" for r in failed)
-        cond("GatesPassed", "False", "GateFailed", message)
-        phase("Rejected", "GateFailed", f"gates failed: {message}", warning=True)
-        return _finish(decision, before, status, mv.generation)
-    cond("GatesPassed", "True", "AllGatesPassed", f"{len(results)} gate(s) passed")
+        d.condition("GatesPassed", False, "GateFailed", message)
+        d.phase("Rejected", "GateFailed", f"gates failed: {message}", warning=True)
+        return
+    d.condition("GatesPassed", True, "AllGatesPassed", f"{len(results)} gate(s) passed")
 
     # 3. Approval, signed by the approval webhook.
     if not spec.approval.required:
-        cond("Approved", "True", "NotRequired", "spec.approval.required is false")
+        d.condition("Approved", True, "NotRequired", "spec.approval.required is false")
         status.approved_by = status.approved_at = None
-    elif approval is not None:
+    elif observed.approval is not None:
+        approval = observed.approval
         if status.approved_by != approval.by:
-            decision.events.append(EventSpec("Normal", "Approved", f"approved by {approval.by}"))
-        cond("Approved", "True", "ApprovedByUser", f"approved by {approval.by}")
+            d.event("Normal", "Approved", f"approved by {approval.by}")
+        d.condition("Approved", True, "ApprovedByUser", f"approved by {approval.by}")
         status.approved_by, status.approved_at = approval.by, approval.at
     else:
         if status.approved_by is not None:
-            decision.events.append(EventSpec("Normal", "ApprovalRevoked", "approval revoked"))
-        cond(
+            d.event("Normal", "ApprovalRevoked", "approval revoked")
+        d.condition(
             "Approved",
-            "False",
+            False,
             "AwaitingApproval",
             f"waiting for an approver: kubectl annotate modelversion {mv.name} {APPROVE_HINT}",
         )
@@ -218,35 +202,22 @@ def decide_modelversion(
     is_approved = approved is not None and approved.status == "True"
 
     # 4. Serving is reported by Rollouts through status.deployments.
-    serving = [d for d in status.deployments if d.traffic_percent > 0]
-    cond(
+    serving = [dep for dep in status.deployments if dep.traffic_percent > 0]
+    d.condition(
         "Serving",
-        "True" if serving else "False",
+        bool(serving),
         "Deployed" if serving else "NotDeployed",
-        ", ".join(f"{d.inference_service} {d.traffic_percent}% ({d.role})" for d in serving)
+        ", ".join(f"{x.inference_service} {x.traffic_percent}% ({x.role})" for x in serving)
         or "not serving traffic",
     )
     if serving:
-        phase("Serving", "Serving", f"serving on {serving[0].inference_service}")
+        d.phase("Serving", "Serving", f"serving on {serving[0].inference_service}")
     elif status.superseded_by:
-        phase("Retired", "Retired", f"superseded by {status.superseded_by}")
+        d.phase("Retired", "Retired", f"superseded by {status.superseded_by}")
     elif is_approved:
-        phase("Approved", "Approved", "approved; ready to roll out")
+        d.phase("Approved", "Approved", "approved; ready to roll out")
     else:
-        phase("Verified", "Verified", "verified and gates passed; awaiting approval")
-    return _finish(decision, before, status, mv.generation)
+        d.phase("Verified", "Verified", "verified and gates passed; awaiting approval")
 
 
 APPROVE_HINT = "whetstone.dev/approve=true"
-
-
-def _finish(
-    decision: Decision, before: ModelVersionStatus, after: ModelVersionStatus, gen: int | None
-) -> Decision:
-    after.observed_generation = gen
-    new, old = after.wire(), before.wire()
-    patch: dict[str, object] = {k: v for k, v in new.items() if old.get(k) != v}
-    for key in old.keys() - new.keys():
-        patch[key] = None
-    decision.status = patch
-    return decision

@@ -1,6 +1,6 @@
 """Rollout decisions: (object, observed world, now) -> (actions, status patch, events).
 
-Pure. Around the canary state machine (`whetstone_operator.rollout`) it adds what touches
+Pure. Around the canary state machine (`whetstone_operator.canary`) it adds what touches
 other objects: whether the candidate ModelVersion may be used, which ModelVersion the
 InferenceService serves now, the predictor patch, and each ModelVersion's
 `status.deployments` entry for this Rollout (the only part of a ModelVersion it writes).
@@ -15,12 +15,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.common import Condition
-from whetstone_operator.api.rollout import PredictorStorage, RolloutSpec, RolloutStatus
-from whetstone_operator.reconcile.validation import decide_validity
-from whetstone_operator.rollout import (
+from whetstone_operator.api.rollout import (
+    ROLLOUT_ACTIVE,
+    ROLLOUT_FINISHED,
+    PredictorStorage,
+    RolloutSpec,
+    RolloutStatus,
+)
+from whetstone_operator.canary import (
     Check,
-    Event,
     Measurement,
     Observed,
     ServiceView,
@@ -31,11 +36,12 @@ from whetstone_operator.rollout import (
     same_storage,
     step,
 )
-from whetstone_operator.rollout.kserve import is_applied
+from whetstone_operator.canary.kserve import is_applied
+from whetstone_operator.reconcile.core import Decision, Obj, Patch, UpdateStatus, status_diff
+from whetstone_operator.reconcile.validation import decide_validity
 
 USABLE_PHASES = ("Approved", "Serving")
 REQUIRED_CONDITIONS = ("ArtifactVerified", "GatesPassed")
-ACTIVE = ("Progressing", "Paused")
 
 
 @dataclass(frozen=True)
@@ -57,18 +63,6 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
-class RolloutObject:
-    """The Rollout itself."""
-
-    name: str
-    namespace: str
-    generation: int | None
-    spec: dict[str, Any]
-    status: dict[str, Any]
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class World:
     """What the operator observes besides the Rollout."""
 
@@ -77,36 +71,45 @@ class World:
     measurements: tuple[Measurement, ...] | None = None
 
 
-@dataclass(frozen=True)
-class PatchPredictor:
-    """Merge-patch the InferenceService (storage and canaryTrafficPercent)."""
+ISVC_API_VERSION = "serving.kserve.io/v1beta1"
 
-    inference_service: str
-    patch: dict[str, Any]
+
+def patch_predictor(inference_service: str, patch: dict[str, Any]) -> Patch:
+    """Merge-patch the InferenceService (storage and canaryTrafficPercent)."""
+    return Patch(ISVC_API_VERSION, "InferenceService", inference_service, patch)
 
 
 @dataclass(frozen=True)
 class SetDeployment:
-    """Set (or with entry None, remove) this Rollout's entry in a ModelVersion's deployments;
-    `superseded_by` names the version that replaced it on promotion."""
+    """A ModelVersion status change: set (or with entry None, remove) `rollout`'s entry in
+    status.deployments, leaving other Rollouts' entries alone; a version that serves again
+    loses supersededBy, one replaced on promotion (`superseded_by`) gets it."""
 
-    model_version: str
+    rollout: str
     entry: dict[str, Any] | None
     superseded_by: str | None = None
 
+    def __call__(self, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        current = list(status.get("deployments") or [])
+        wanted = [d for d in current if d.get("rollout") != self.rollout]
+        if self.entry is not None:
+            wanted.append(self.entry)
+        change: dict[str, Any] = {}
+        if wanted != current:
+            change["deployments"] = wanted
+        if self.entry is not None and status.get("supersededBy"):
+            change["supersededBy"] = None
+        elif self.superseded_by and status.get("supersededBy") != self.superseded_by:
+            change["supersededBy"] = self.superseded_by
+        return change or None
 
-Action = PatchPredictor | SetDeployment
 
-
-@dataclass
-class Decision:
-    """Actions to execute, then the status patch to write and the Events to emit."""
-
-    actions: list[Action] = field(default_factory=list)
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    phase: str | None = None
-    canary_weight: int = 0
+def set_deployment(
+    rollout: str, model_version: str, entry: dict[str, Any] | None, superseded_by: str | None = None
+) -> UpdateStatus:
+    """Set this Rollout's deployment entry on a ModelVersion (see SetDeployment)."""
+    change = SetDeployment(rollout, entry, superseded_by)
+    return UpdateStatus(API_VERSION, "ModelVersion", model_version, change)
 
 
 def version_problem(name: str, version: VersionInfo | None) -> tuple[str, str] | None:
@@ -166,9 +169,7 @@ def _parse_spec(raw: Mapping[str, Any]) -> RolloutSpec | None:
         return None
 
 
-def due_queries(
-    obj: RolloutObject, now: datetime, service: ServiceView | None = None
-) -> list[Check]:
+def due_queries(obj: Obj, now: datetime, service: ServiceView | None = None) -> list[Check]:
     """The analysis checks to run before deciding (empty when no round is due)."""
     spec = _parse_spec(obj.spec)
     if spec is None:
@@ -177,21 +178,6 @@ def due_queries(
     if not analysis_due(spec, status, now):
         return []
     return build_queries(spec, status, obj.namespace, service)
-
-
-def merge_patch(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch turning `before` into `after` (null removes a key)."""
-    patch: dict[str, Any] = {}
-    for key in before.keys() | after.keys():
-        if key not in after:
-            patch[key] = None
-        elif key not in before:
-            patch[key] = after[key]
-        elif before[key] != after[key]:
-            old, new = before[key], after[key]
-            both = isinstance(old, Mapping) and isinstance(new, Mapping)
-            patch[key] = merge_patch(old, new) if both else new
-    return patch
 
 
 def _deployment(rollout: str, service: str, percent: int, role: str) -> dict[str, Any]:
@@ -204,13 +190,13 @@ def _deployment(rollout: str, service: str, percent: int, role: str) -> dict[str
 
 
 def desired_deployments(
-    obj: RolloutObject, spec: RolloutSpec, status: RolloutStatus, observed: ServiceView | None
+    obj: Obj, spec: RolloutSpec, status: RolloutStatus, observed: ServiceView | None
 ) -> dict[str, dict[str, Any]]:
     """ModelVersion name -> this Rollout's deployment entry, for the versions that serve."""
     service = spec.inference_service.name
     stable, canary = status.stable_model_version, status.canary_model_version
     out: dict[str, dict[str, Any]] = {}
-    if status.phase in ACTIVE and canary:
+    if status.phase in ROLLOUT_ACTIVE and canary:
         weight = status.canary_weight
         if stable and stable != canary:
             out[stable] = _deployment(obj.name, service, 100 - weight, "stable")
@@ -232,15 +218,15 @@ def desired_deployments(
 
 
 def _deployment_actions(
-    obj: RolloutObject,
+    obj: Obj,
     status: RolloutStatus,
     versions: Mapping[str, VersionInfo],
     wanted: dict[str, dict[str, Any]],
-) -> list[Action]:
+) -> list[UpdateStatus]:
     promoted = status.stable_model_version if status.phase == "Succeeded" else None
     if promoted is not None and promoted not in wanted:
         promoted = None  # moved on by someone else: not a promotion of ours
-    actions: list[Action] = []
+    actions: list[UpdateStatus] = []
     for name in sorted(set(wanted) | set(versions)):
         version = versions.get(name)
         if version is None:
@@ -250,11 +236,11 @@ def _deployment_actions(
         if mine == ([target] if target else []):
             continue
         replaced_by = promoted if target is None and promoted != name else None
-        actions.append(SetDeployment(name, target, replaced_by))
+        actions.append(set_deployment(obj.name, name, target, replaced_by))
     return actions
 
 
-def decide_rollout(obj: RolloutObject, world: World, now: datetime) -> Decision:
+def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
     """The next actions, status and Events of a Rollout."""
     raw_status = dict(obj.status)
     validity = decide_validity("Rollout", obj.spec, raw_status, obj.generation, now)
@@ -262,14 +248,13 @@ def decide_rollout(obj: RolloutObject, world: World, now: datetime) -> Decision:
     status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
     decision = Decision()
     if validity.event is not None:
-        event = validity.event
-        decision.events.append(Event(event.type, event.reason, event.message))
+        decision.events.append(validity.event)
     if not validity.valid:
         status.phase = status.phase or "Pending"
         status.message = validity.status_patch["message"]
         status.observed_generation = obj.generation
-        decision.status = merge_patch(raw_status, status.wire())
-        decision.phase = status.phase
+        decision.status = status_diff(raw_status, status.wire())
+        decision.status_first = True
         return decision
     spec = validity.spec
     assert isinstance(spec, RolloutSpec)
@@ -291,12 +276,16 @@ def decide_rollout(obj: RolloutObject, world: World, now: datetime) -> Decision:
 
     desired, service = result.desired, world.service
     if desired is not None and service is not None and not is_applied(service, desired):
-        decision.actions.append(PatchPredictor(service.name, build_predictor_patch(desired)))
+        decision.actions.append(patch_predictor(service.name, build_predictor_patch(desired)))
     decision.actions += _deployment_actions(
         obj, after, world.versions, desired_deployments(obj, spec, after, world.service)
     )
     decision.events += result.events
-    decision.status = merge_patch(raw_status, after.wire())
-    decision.phase = after.phase
-    decision.canary_weight = after.canary_weight
+    decision.status = status_diff(raw_status, after.wire())
+    # The status records the stable version and the step before the InferenceService is
+    # touched: acting first, a crash or an API error between the two left a canary patched
+    # with no record of the rollout, and the next run took the canary for the stable version.
+    # A finished rollout is not resynced: its last actions go first, its status when they
+    # are done.
+    decision.status_first = after.phase not in ROLLOUT_FINISHED
     return decision

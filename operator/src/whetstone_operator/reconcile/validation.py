@@ -11,20 +11,12 @@ from pydantic import BaseModel
 from whetstone_operator.api import KINDS
 from whetstone_operator.api.common import Condition, get_condition, set_condition
 from whetstone_operator.api.errors import SpecError, parse_spec
+from whetstone_operator.reconcile.core import Draft, Event
 
 # A spec can hold thousands of bad entries; conditions and status messages are bounded
 # (32768 characters in the schema), so the message names the first ones and counts the rest.
 MAX_ERRORS = 20
 MAX_MESSAGE = 8192
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """An Event to emit on the object."""
-
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class ValidityOutcome:
     valid: bool
     spec: BaseModel | None
     status_patch: dict[str, Any] = field(default_factory=dict)
-    event: EventSpec | None = None
+    event: Event | None = None
 
 
 def spec_model(kind: str) -> type[BaseModel]:
@@ -77,7 +69,7 @@ def decide_validity(
                 "observedGeneration": generation,
                 "message": f"invalid spec: {message}",
             },
-            event=EventSpec("Warning", "InvalidSpec", message) if changed else None,
+            event=Event("Warning", "InvalidSpec", message) if changed else None,
         )
     new = set_condition(conditions, "Valid", "True", "SpecValid", "spec is valid", now, generation)
     changed = previous is None or previous.status != "True"
@@ -85,5 +77,21 @@ def decide_validity(
         valid=True,
         spec=parsed,
         status_patch={"conditions": [c.wire() for c in new], "observedGeneration": generation},
-        event=EventSpec("Normal", "SpecValid", "spec is valid") if changed and previous else None,
+        event=Event("Normal", "SpecValid", "spec is valid") if changed and previous else None,
     )
+
+
+def check_spec(draft: Draft[Any], kind: str) -> BaseModel | None:
+    """Validate the drafted object's spec into its Valid condition (and an Event when validity
+    changes); the parsed spec, or None when invalid (phase kept, at least Pending)."""
+    obj = draft.obj
+    validity = decide_validity(kind, obj.spec, obj.status, obj.generation, draft.now)
+    conditions = validity.status_patch["conditions"]
+    draft.status.conditions = [Condition.model_validate(c) for c in conditions]
+    if validity.event is not None:
+        draft.decision.events.append(validity.event)
+    if not validity.valid:
+        draft.status.phase = draft.status.phase or "Pending"
+        draft.status.message = validity.status_patch["message"]
+        return None
+    return validity.spec

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from whetstone_contract.config import DistributedSpec, OutputSpec, TrainerConfig
 from whetstone_operator.api.errors import parse_spec
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
-from whetstone_trainer.config import DistributedSpec, OutputSpec, TrainerConfig
 
 
 def build_trainer_config(

@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
+from whetstone_contract.config import TrainerConfig
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
-from whetstone_trainer.config import TrainerConfig
 
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/whetstone"

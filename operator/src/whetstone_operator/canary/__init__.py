@@ -1,6 +1,6 @@
 """The canary of a Rollout as pure code: the state machine, KServe's view, analysis judging."""
 
-from whetstone_operator.rollout.judge import (
+from whetstone_operator.canary.judge import (
     Check,
     Measurement,
     Probe,
@@ -12,7 +12,7 @@ from whetstone_operator.rollout.judge import (
     render_query,
     round_outcome,
 )
-from whetstone_operator.rollout.kserve import (
+from whetstone_operator.canary.kserve import (
     Desired,
     ServiceView,
     Traffic,
@@ -22,13 +22,12 @@ from whetstone_operator.rollout.kserve import (
     same_storage,
     service_view,
 )
-from whetstone_operator.rollout.machine import (
+from whetstone_operator.canary.machine import (
     ABORT,
     PAUSE,
     PROMOTE,
     RESUME,
     RETRY,
-    Event,
     Observed,
     StepResult,
     step,
@@ -43,7 +42,6 @@ __all__ = [
     "RETRY",
     "Check",
     "Desired",
-    "Event",
     "Measurement",
     "Observed",
     "Probe",

@@ -17,14 +17,14 @@ from urllib.parse import urlparse
 
 from whetstone_operator.api.common import format_time, parse_duration, parse_time
 from whetstone_operator.api.rollout import (
+    ROLLOUT_ACTIVE,
     AnalysisMetric,
     AnalysisResult,
     RolloutSpec,
     RolloutStatus,
 )
-from whetstone_operator.rollout.kserve import ServiceView
+from whetstone_operator.canary.kserve import ServiceView
 
-ACTIVE = ("Progressing", "Paused")
 Outcome = Literal["Successful", "Failed", "Inconclusive"]
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
@@ -85,7 +85,7 @@ def render_query(text: str, variables: Mapping[str, str]) -> str:
 def analysis_due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> bool:
     """A round is due: analysis configured, the canary serving, the interval elapsed."""
     analysis = spec.strategy.canary.analysis
-    if analysis is None or status.phase not in ACTIVE or not status.canary_revision:
+    if analysis is None or status.phase not in ROLLOUT_ACTIVE or not status.canary_revision:
         return False
     if status.canary_model_version != spec.model_version:
         return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from whetstone_trainer.config import CamelModel
+from whetstone_contract.base import CamelModel
 
 TERMINATION_MESSAGE_LIMIT = 4096
 

@@ -28,6 +28,9 @@ from whetstone_operator.api.common import (
     set_condition,
 )
 from whetstone_operator.api.rollout import (
+    ROLLOUT_ACTIVE as ACTIVE,
+)
+from whetstone_operator.api.rollout import (
     AnalysisRound,
     AnalysisStatus,
     CanaryStep,
@@ -37,8 +40,9 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
-from whetstone_operator.rollout.judge import Measurement, judge_round, round_outcome
-from whetstone_operator.rollout.kserve import Desired, ServiceView, check_ready, same_storage
+from whetstone_operator.canary.judge import Measurement, judge_round, round_outcome
+from whetstone_operator.canary.kserve import Desired, ServiceView, check_ready, same_storage
+from whetstone_operator.reconcile.core import Event
 
 PROMOTE = "whetstone.dev/promote"
 ABORT = "whetstone.dev/abort"
@@ -46,17 +50,7 @@ RETRY = "whetstone.dev/retry"
 PAUSE = "whetstone.dev/pause"
 RESUME = "whetstone.dev/resume"
 COMMANDS = (("abort", ABORT), ("retry", RETRY), ("pause", PAUSE), ("resume", RESUME))
-ACTIVE = ("Progressing", "Paused")
 HISTORY = 10
-
-
-@dataclass(frozen=True)
-class Event:
-    """An Event to emit on the Rollout."""
-
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, model_validator
+
+from whetstone_contract.base import CamelModel
 
 TRAINER_CONFIG_VERSION: Literal["whetstone.dev/trainer-v1"] = "whetstone.dev/trainer-v1"
 
@@ -23,21 +24,6 @@ _MODEL_URI = r"^(hf|s3|pvc|file|tiny)://.+$"
 _DATA_URI = r"^(s3|pvc|file)://.+$"
 _OUTPUT_URI = r"^(s3|pvc|file)://.+$"
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-class CamelModel(BaseModel):
-    """Base for API-facing models: camelCase on the wire, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-    def wire(self) -> dict[str, object]:
-        """The object as it appears in YAML/JSON: camelCase keys, unset fields omitted."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class ModelSource(CamelModel):
