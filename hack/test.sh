@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the suite needs on a fresh machine, then runs lint,
-# type checks, the CRD drift check and every test tier (unit, integration, trainer;
+# type checks, the import layers, the CRD drift check and every test tier (unit, integration, trainer;
 # e2e and gpu skip with a reason where Docker/kind or a GPU are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ step "lint, format, types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+
+step "import layers"
+.venv/bin/lint-imports --no-cache
 
 step "CRDs match the API models"
 $PY -m whetstone_operator.crdgen --check

@@ -546,7 +546,7 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
         op.process.popen.wait(10)
         killed_at = time.monotonic()
         op = operator()
-        op.wait_for_log(r"Handler 'rollout_\w+' succeeded|Timer 'rollout_\w+' succeeded")
+        op.wait_for_log(r"Rollout \S+ reconciled \(first run in this operator\)")
         restarted = time.monotonic() - killed_at
         after = rollout_status(kube, namespace)
         if after.get("currentStepIndex") == 3:

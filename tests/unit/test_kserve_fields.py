@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from whetstone_operator.canary import Desired, build_predictor_patch, candidate_storage
-from whetstone_operator.canary.kserve import service_view
+from whetstone_operator.reconcile.canary import Desired, build_predictor_patch, candidate_storage
+from whetstone_operator.reconcile.canary.kserve import service_view
 
 REPO = Path(__file__).resolve().parents[2]
 # Wire types the SDK models as classes but which travel as plain strings.

@@ -12,7 +12,7 @@ import pytest
 
 from whetstone_operator import analysis
 from whetstone_operator.api.rollout import AnalysisMetric, RolloutSpec, RolloutStatus
-from whetstone_operator.canary import (
+from whetstone_operator.reconcile.canary import (
     Measurement,
     Query,
     analysis_due,

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from whetstone_operator import analysis
 from whetstone_operator.api.rollout import AnalysisMetric, RolloutSpec, RolloutStatus
-from whetstone_operator.canary import (
+from whetstone_operator.reconcile.canary import (
     Measurement,
     Probe,
     Query,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from whetstone_operator.api.rollout import PredictorStorage, RolloutSpec, RolloutStatus
-from whetstone_operator.canary import (
+from whetstone_operator.reconcile.canary import (
     ABORT,
     PAUSE,
     PROMOTE,
@@ -26,7 +26,7 @@ from whetstone_operator.canary import (
     step,
     weight_at,
 )
-from whetstone_operator.canary.kserve import is_applied
+from whetstone_operator.reconcile.canary.kserve import is_applied
 
 T0 = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 V1 = PredictorStorage(storage_uri="s3://models/grader/v1/")

@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from whetstone_operator.api.rollout import PredictorStorage
-from whetstone_operator.canary import (
+from whetstone_operator.reconcile.canary import (
     build_predictor_patch,
     candidate_storage,
     check_ready,
     service_view,
 )
-from whetstone_operator.canary.kserve import ADAPTER_PATH, BASE_PATH, Desired
+from whetstone_operator.reconcile.canary.kserve import ADAPTER_PATH, BASE_PATH, Desired
 from whetstone_operator.reconcile.core import Obj, apply_merge_patch, status_diff
 from whetstone_operator.reconcile.rollout import (
     SetDeployment,

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from whetstone_operator.canary.judge import Check, Measurement, Probe, Prompt, Query
+from whetstone_operator.reconcile.canary.judge import Check, Measurement, Probe, Prompt, Query
 
 log = logging.getLogger(__name__)
 PROMPTS_AT_ONCE = 4

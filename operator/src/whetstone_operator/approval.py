@@ -15,9 +15,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-APPROVE_ANNOTATION = "whetstone.dev/approve"
-REVOKE_ANNOTATION = "whetstone.dev/revoke"
-APPROVAL_ANNOTATION = "whetstone.dev/approval"
+from whetstone_operator.api.names import (
+    APPROVAL_ANNOTATION,
+    APPROVE_ANNOTATION,
+    REVOKE_ANNOTATION,
+)
+
+__all__ = ["APPROVAL_ANNOTATION", "APPROVE_ANNOTATION", "REVOKE_ANNOTATION", "Approval"]
 APPROVE_VERB = "approve"
 
 

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import time
 
-from whetstone_operator.approval import APPROVE_ANNOTATION, REVOKE_ANNOTATION
+from whetstone_operator.api.names import APPROVE_ANNOTATION, REVOKE_ANNOTATION
+from whetstone_operator.api.names import ROLLOUT_COMMANDS as ROLLOUT_ANNOTATIONS
 
-ROLLOUT_COMMANDS = ("promote", "abort", "retry", "pause", "resume")
+ROLLOUT_COMMANDS = tuple(ROLLOUT_ANNOTATIONS)
 VERSION_COMMANDS = {"approve": APPROVE_ANNOTATION, "revoke": REVOKE_ANNOTATION}
 
 
@@ -32,7 +33,7 @@ def annotation_for(command: str, command_id: str, full: bool = False) -> tuple[s
     """(resource, `key=value`) for a command; the value is what the controller records."""
     if command in ROLLOUT_COMMANDS:
         value = f"full-{command_id}" if command == "promote" and full else command_id
-        return "rollouts.whetstone.dev", f"whetstone.dev/{command}={value}"
+        return "rollouts.whetstone.dev", f"{ROLLOUT_ANNOTATIONS[command]}={value}"
     if command in VERSION_COMMANDS:
         return "modelversions.whetstone.dev", f"{VERSION_COMMANDS[command]}=true"
     raise ValueError(f"unknown command {command}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from whetstone_operator.api.names import FINALIZER
 from whetstone_operator.render.workload import TrainerDefaults
 
 
@@ -98,7 +99,7 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="whetstone.dev", key="last-handled-configuration"
     )
-    settings.persistence.finalizer = "whetstone.dev/finalizer"
+    settings.persistence.finalizer = FINALIZER
     # A standby replica takes over this long after the active one stopped renewing its record.
     settings.peering.lifetime = OPTIONS.peering_lifetime
     settings.posting.level = 20

@@ -10,10 +10,10 @@ from typing import Any
 import kopf
 
 from whetstone_operator.api import GROUP, VERSION
+from whetstone_operator.api.names import LABEL_MANAGED_BY, MANAGED_BY
 from whetstone_operator.observe import job_summary, pod_summary
-from whetstone_operator.render.workload import MANAGED_BY
 
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+MANAGED = {LABEL_MANAGED_BY: MANAGED_BY}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)

@@ -18,8 +18,8 @@ from prometheus_client import Counter, Gauge
 from whetstone_operator import analysis
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.rollout import ROLLOUT_FINISHED
-from whetstone_operator.canary import ServiceView, service_view
 from whetstone_operator.handlers import runtime
+from whetstone_operator.reconcile.canary import ServiceView, service_view
 from whetstone_operator.reconcile.core import Action, Decision, Obj, apply_merge_patch
 from whetstone_operator.reconcile.rollout import (
     VersionInfo,

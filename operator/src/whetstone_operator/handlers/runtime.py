@@ -163,6 +163,7 @@ class Loop(Generic[O]):
     running: set[Key] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _object_locks: dict[Key, threading.Lock] = field(default_factory=dict)
+    _reconciled: set[Key] = field(default_factory=set)
 
     # ------------------------------------------------------------------ records
 
@@ -225,6 +226,7 @@ class Loop(Generic[O]):
             self.seen(body, keep=False)
             with self.lock:
                 self._object_locks.pop(key, None)
+                self._reconciled.discard(key)
             metrics.record_phase(self.kind.kind, key[0], key[1], None)
             if self.kind.on_delete is not None:
                 for action in self.kind.on_delete(obj_from_body(body), indexes):
@@ -312,9 +314,26 @@ class Loop(Generic[O]):
             )
         status = apply_merge_patch(obj.status, decision.status)
         phase = status.get("phase")
+        self._log_run(key, decision, phase)
         metrics.record_phase(kind.kind, namespace, name, str(phase) if phase else None)
         if kind.record is not None:
             kind.record(obj, decision)
+
+    def _log_run(self, key: Key, decision: Decision, phase: Any) -> None:
+        with self.lock:
+            first = key not in self._reconciled
+            self._reconciled.add(key)
+        if first or decision.actions or decision.status:
+            log.info(
+                "%s %s/%s reconciled%s: phase %s, %d action(s), status %s",
+                self.kind.kind,
+                key[0],
+                key[1],
+                " (first run in this operator)" if first else "",
+                phase,
+                len(decision.actions),
+                sorted(decision.status) or "unchanged",
+            )
 
     def _write_status(self, obj: Obj, decision: Decision) -> dict[str, Any] | None:
         if not decision.status:

@@ -38,11 +38,18 @@ from whetstone_operator.api.finetunejob import (
     FineTuneJobStatus,
 )
 from whetstone_operator.api.modelversion import KNOWN_METRICS, MetricValues
+from whetstone_operator.api.names import (
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_MODEL_VERSION,
+    LABEL_PART_OF,
+    MANAGED_BY,
+)
 from whetstone_operator.reconcile.core import Create, Decision, Delete, Draft, Event, Obj
 from whetstone_operator.reconcile.validation import check_spec
 from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (
-    LABEL_JOB,
     Owner,
     TrainerDefaults,
     build_config_map,
@@ -263,10 +270,10 @@ def build_model_version(
             "namespace": job.namespace,
             "labels": {
                 LABEL_JOB: label_value(job.name),
-                "whetstone.dev/model": model,
-                "whetstone.dev/version": str(version),
-                "app.kubernetes.io/part-of": "whetstone",
-                "app.kubernetes.io/managed-by": "whetstone",
+                LABEL_MODEL: model,
+                LABEL_MODEL_VERSION: str(version),
+                LABEL_PART_OF: "whetstone",
+                LABEL_MANAGED_BY: MANAGED_BY,
             },
         },
         "spec": mv_spec,

@@ -18,6 +18,7 @@ from whetstone_operator.api.modelversion import (
     ModelVersionSpec,
     ModelVersionStatus,
 )
+from whetstone_operator.api.names import APPROVE_ANNOTATION, LABEL_MODEL, LABEL_MODEL_VERSION
 from whetstone_operator.approval import Approval
 from whetstone_operator.reconcile.core import Create, Decision, Draft, Obj, Patch
 from whetstone_operator.reconcile.finetunejob import JobView, recently
@@ -76,8 +77,8 @@ def registry_labels(spec: dict[str, object], labels: dict[str, str]) -> dict[str
     """Labels to add so `kubectl get mv -l whetstone.dev/model=NAME` lists a model's versions;
     empty when they are already right."""
     want = {
-        "whetstone.dev/model": str(spec.get("model", "")),
-        "whetstone.dev/version": str(spec.get("version", "")),
+        LABEL_MODEL: str(spec.get("model", "")),
+        LABEL_MODEL_VERSION: str(spec.get("version", "")),
     }
     return {k: v for k, v in want.items() if v and labels.get(k) != v}
 
@@ -220,4 +221,4 @@ def _decide(d: Draft[ModelVersionStatus], spec: ModelVersionSpec, observed: Obse
         d.phase("Verified", "Verified", "verified and gates passed; awaiting approval")
 
 
-APPROVE_HINT = "whetstone.dev/approve=true"
+APPROVE_HINT = f"{APPROVE_ANNOTATION}=true"

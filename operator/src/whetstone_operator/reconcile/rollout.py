@@ -1,6 +1,6 @@
 """Rollout decisions: (object, observed world, now) -> (actions, status patch, events).
 
-Pure. Around the canary state machine (`whetstone_operator.canary`) it adds what touches
+Pure. Around the canary state machine (`whetstone_operator.reconcile.canary`) it adds what touches
 other objects: whether the candidate ModelVersion may be used, which ModelVersion the
 InferenceService serves now, the predictor patch, and each ModelVersion's
 `status.deployments` entry for this Rollout (the only part of a ModelVersion it writes).
@@ -24,7 +24,7 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
-from whetstone_operator.canary import (
+from whetstone_operator.reconcile.canary import (
     Check,
     Measurement,
     Observed,
@@ -36,7 +36,7 @@ from whetstone_operator.canary import (
     same_storage,
     step,
 )
-from whetstone_operator.canary.kserve import is_applied
+from whetstone_operator.reconcile.canary.kserve import is_applied
 from whetstone_operator.reconcile.core import Decision, Obj, Patch, UpdateStatus, status_diff
 from whetstone_operator.reconcile.validation import decide_validity
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.modelversion import ModelVersionSpec
+from whetstone_operator.api.names import LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_VERSION, MANAGED_BY
 from whetstone_operator.render.workload import (
-    MANAGED_BY,
     PVC_ROOT,
     TERMINATION_LOG,
     TrainerDefaults,
@@ -20,8 +20,6 @@ from whetstone_operator.render.workload import (
     label_value,
     pod_security_context,
 )
-
-LABEL_VERSION = "whetstone.dev/modelversion"
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,8 @@ def build_verify_job(
         "app.kubernetes.io/name": "whetstone-verify",
         "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/component": "verifier",
-        "app.kubernetes.io/part-of": "whetstone",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_PART_OF: "whetstone",
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_VERSION: label_value(owner.name),
     }
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]

@@ -16,6 +16,14 @@ import yaml
 from whetstone_contract.config import TrainerConfig
 from whetstone_operator.api import API_VERSION
 from whetstone_operator.api.finetunejob import FineTuneJobSpec
+from whetstone_operator.api.names import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_PART_OF,
+    LABEL_ROLE,
+    MANAGED_BY,
+)
 
 CONFIG_KEY = "config.yaml"
 CONFIG_DIR = "/etc/whetstone"
@@ -23,10 +31,6 @@ PVC_ROOT = "/mnt/pvc"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-LABEL_JOB = "whetstone.dev/finetunejob"
-LABEL_ROLE = "whetstone.dev/role"
-LABEL_ATTEMPT = "whetstone.dev/attempt"
-MANAGED_BY = "whetstone"
 USER_ID = 10001
 
 
@@ -106,8 +110,8 @@ def labels(owner: Owner, role: str, attempt: int | None = None) -> dict[str, str
         "app.kubernetes.io/name": "whetstone-trainer",
         "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/component": role,
-        "app.kubernetes.io/part-of": "whetstone",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_PART_OF: "whetstone",
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_JOB: label_value(owner.name),
         LABEL_ROLE: role,
     }

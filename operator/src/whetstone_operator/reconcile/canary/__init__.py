@@ -1,6 +1,7 @@
 """The canary of a Rollout as pure code: the state machine, KServe's view, analysis judging."""
 
-from whetstone_operator.canary.judge import (
+from whetstone_operator.api.names import ABORT, PAUSE, PROMOTE, RESUME, RETRY
+from whetstone_operator.reconcile.canary.judge import (
     Check,
     Measurement,
     Probe,
@@ -12,7 +13,7 @@ from whetstone_operator.canary.judge import (
     render_query,
     round_outcome,
 )
-from whetstone_operator.canary.kserve import (
+from whetstone_operator.reconcile.canary.kserve import (
     Desired,
     ServiceView,
     Traffic,
@@ -22,12 +23,7 @@ from whetstone_operator.canary.kserve import (
     same_storage,
     service_view,
 )
-from whetstone_operator.canary.machine import (
-    ABORT,
-    PAUSE,
-    PROMOTE,
-    RESUME,
-    RETRY,
+from whetstone_operator.reconcile.canary.machine import (
     Observed,
     StepResult,
     step,

@@ -27,6 +27,7 @@ from whetstone_operator.api.common import (
     parse_time,
     set_condition,
 )
+from whetstone_operator.api.names import ABORT, PAUSE, PROMOTE, RESUME, RETRY
 from whetstone_operator.api.rollout import (
     ROLLOUT_ACTIVE as ACTIVE,
 )
@@ -40,15 +41,15 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
-from whetstone_operator.canary.judge import Measurement, judge_round, round_outcome
-from whetstone_operator.canary.kserve import Desired, ServiceView, check_ready, same_storage
+from whetstone_operator.reconcile.canary.judge import Measurement, judge_round, round_outcome
+from whetstone_operator.reconcile.canary.kserve import (
+    Desired,
+    ServiceView,
+    check_ready,
+    same_storage,
+)
 from whetstone_operator.reconcile.core import Event
 
-PROMOTE = "whetstone.dev/promote"
-ABORT = "whetstone.dev/abort"
-RETRY = "whetstone.dev/retry"
-PAUSE = "whetstone.dev/pause"
-RESUME = "whetstone.dev/resume"
 COMMANDS = (("abort", ABORT), ("retry", RETRY), ("pause", PAUSE), ("resume", RESUME))
 HISTORY = 10
 

@@ -23,7 +23,7 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
-from whetstone_operator.canary.kserve import ServiceView
+from whetstone_operator.reconcile.canary.kserve import ServiceView
 
 Outcome = Literal["Successful", "Failed", "Inconclusive"]
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
