@@ -290,9 +290,11 @@ def test_the_client_pools_more_connections_than_kopf_has_threads(server: Server)
 # ----------------------------------------------------------------------------- login
 
 
-def write_kubeconfig(path: Path, user: dict[str, Any]) -> Path:
+def write_kubeconfig(
+    path: Path, user: dict[str, Any], server: str = "https://10.0.0.1:6443"
+) -> Path:
     config = {
-        "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1:6443"}}],
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
         "users": [{"name": "u", "user": user}],
         "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
         "current-context": "x",
@@ -319,6 +321,49 @@ def test_login_reads_the_kubeconfig_outside_a_cluster(
     assert k8s.configuration().get_api_key_with_prefix("BearerToken") == "Bearer abc"
 
 
+def exec_user(plugin: Path, *args: str) -> dict[str, Any]:
+    return {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": sys.executable,
+            "args": [str(plugin), *args],
+            "interactiveMode": "Never",
+        }
+    }
+
+
+def test_an_expired_exec_token_is_refreshed_before_the_next_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outside_a_cluster: None
+) -> None:
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(
+        textwrap.dedent(
+            """
+            import json, pathlib, sys
+            token = pathlib.Path(sys.argv[1]).read_text()
+            print(json.dumps({
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": token, "expirationTimestamp": "2000-01-01T00:00:00Z"},
+            }))
+            """
+        )
+    )
+    srv = Server()
+    token = tmp_path / "token"
+    user = exec_user(plugin, str(token))
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", user, srv.url)))
+    monkeypatch.setattr(k8s, "_client", None)
+    try:
+        token.write_text("one")
+        k8s.get_rollout("ns", "r")
+        token.write_text("two")
+        k8s.get_rollout("ns", "r")
+    finally:
+        srv.loopback.close()
+    assert [s["auth"] for s in srv.seen] == ["Bearer one", "Bearer two"]
+
+
 def test_login_runs_an_exec_credential_plugin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outside_a_cluster: None
 ) -> None:
@@ -335,15 +380,7 @@ def test_login_runs_an_exec_credential_plugin(
             """
         )
     )
-    user = {
-        "exec": {
-            "apiVersion": "client.authentication.k8s.io/v1",
-            "command": sys.executable,
-            "args": [str(plugin)],
-            "interactiveMode": "Never",
-        }
-    }
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", user)))
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", exec_user(plugin))))
     info = k8s.login()
     assert (info.scheme, info.token) == ("Bearer", "from-exec")
     assert info.expiration == datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -167,6 +167,7 @@ def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 _client: ApiClient | None = None
 _client_lock = threading.Lock()
+_auth_lock = threading.Lock()
 
 
 def _api() -> ApiClient:
@@ -176,16 +177,6 @@ def _api() -> ApiClient:
             config = configuration()
             config.retries = RETRY
             config.connection_pool_maxsize = POOL_SIZE
-            refresh = config.refresh_api_key_hook
-            if refresh is not None:
-                # Token refresh may run an exec plugin: once, not once per handler thread.
-                refresh_lock = threading.Lock()
-
-                def locked_refresh(c: Configuration) -> None:
-                    with refresh_lock:
-                        refresh(c)
-
-                config.refresh_api_key_hook = locked_refresh
             client = ApiClient(config)
             client.user_agent = "whetstone-operator"
             _client = client
@@ -208,9 +199,11 @@ def _request(method: str, path: str, body: Any = None, content_type: str = JSON)
         headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type
-        request = api.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
+        # An expired token is refreshed here, maybe by running an exec plugin: by one thread.
+        with _auth_lock:
+            request = api.param_serialize(
+                method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+            )
         response = api.call_api(*request, _request_timeout=TIMEOUT_SECONDS)
         data = response.read()  # type: ignore[no-untyped-call]
         if 200 <= response.status < 300:

@@ -169,9 +169,13 @@ class Draft(Generic[S]):
     """A decision being written: the status as it will be, the actions and Events so far.
     Every kind's decide builds its Decision through one of these."""
 
-    def __init__(self, obj: Obj, status: S, now: datetime) -> None:
+    def __init__(
+        self, obj: Obj, status: S, now: datetime, before: Mapping[str, Any] | None = None
+    ) -> None:
+        """`before`: the stored status to diff against (default: `status` as parsed, which
+        drops what no longer parses)."""
         self.obj = obj
-        self.before = status.wire()
+        self.before = dict(before) if before is not None else status.wire()
         self.status: S = status.model_copy(deep=True)  # type: ignore[attr-defined]
         self.now = now
         self.decision = Decision()

@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from whetstone_operator.api import API_VERSION
-from whetstone_operator.api.common import Condition
 from whetstone_operator.api.rollout import (
     ROLLOUT_ACTIVE,
     ROLLOUT_FINISHED,
@@ -29,16 +28,16 @@ from whetstone_operator.reconcile.canary import (
     Measurement,
     Observed,
     ServiceView,
+    advance,
     analysis_due,
     build_predictor_patch,
     build_queries,
     candidate_storage,
     same_storage,
-    step,
 )
 from whetstone_operator.reconcile.canary.kserve import is_applied
-from whetstone_operator.reconcile.core import Decision, Obj, Patch, UpdateStatus, status_diff
-from whetstone_operator.reconcile.validation import decide_validity
+from whetstone_operator.reconcile.core import Decision, Draft, Obj, Patch, UpdateStatus
+from whetstone_operator.reconcile.validation import check_spec
 
 USABLE_PHASES = ("Approved", "Serving")
 REQUIRED_CONDITIONS = ("ArtifactVerified", "GatesPassed")
@@ -242,23 +241,11 @@ def _deployment_actions(
 
 def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
     """The next actions, status and Events of a Rollout."""
-    raw_status = dict(obj.status)
-    validity = decide_validity("Rollout", obj.spec, raw_status, obj.generation, now)
-    status = _parse_status(raw_status)
-    status.conditions = [Condition.model_validate(c) for c in validity.status_patch["conditions"]]
-    decision = Decision()
-    if validity.event is not None:
-        decision.events.append(validity.event)
-    if not validity.valid:
-        status.phase = status.phase or "Pending"
-        status.message = validity.status_patch["message"]
-        status.observed_generation = obj.generation
-        decision.status = status_diff(raw_status, status.wire())
-        decision.status_first = True
-        return decision
-    spec = validity.spec
-    assert isinstance(spec, RolloutSpec)
-
+    d = Draft(obj, _parse_status(obj.status), now, before=obj.status)
+    spec = check_spec(d, "Rollout")
+    if not isinstance(spec, RolloutSpec):
+        d.decision.status_first = True
+        return d.finish()
     candidate = world.versions.get(spec.model_version)
     problem = version_problem(spec.model_version, candidate)
     observed = Observed(
@@ -270,22 +257,19 @@ def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
         annotations=obj.annotations,
         measurements=world.measurements,
     )
-    result = step(spec, status, observed, now, generation=obj.generation)
-    after = result.status
-    after.observed_generation = obj.generation
-
-    desired, service = result.desired, world.service
+    desired, service = advance(d, spec, observed), world.service
+    after = d.status
     if desired is not None and service is not None and not is_applied(service, desired):
-        decision.actions.append(patch_predictor(service.name, build_predictor_patch(desired)))
-    decision.actions += _deployment_actions(
-        obj, after, world.versions, desired_deployments(obj, spec, after, world.service)
+        d.act(patch_predictor(service.name, build_predictor_patch(desired)))
+    d.act(
+        *_deployment_actions(
+            obj, after, world.versions, desired_deployments(obj, spec, after, world.service)
+        )
     )
-    decision.events += result.events
-    decision.status = status_diff(raw_status, after.wire())
     # The status records the stable version and the step before the InferenceService is
     # touched: acting first, a crash or an API error between the two left a canary patched
     # with no record of the rollout, and the next run took the canary for the stable version.
     # A finished rollout is not resynced: its last actions go first, its status when they
     # are done.
-    decision.status_first = after.phase not in ROLLOUT_FINISHED
-    return decision
+    d.decision.status_first = after.phase not in ROLLOUT_FINISHED
+    return d.finish()

@@ -26,6 +26,7 @@ from whetstone_operator.reconcile.canary.kserve import (
 from whetstone_operator.reconcile.canary.machine import (
     Observed,
     StepResult,
+    advance,
     step,
     weight_at,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "ServiceView",
     "StepResult",
     "Traffic",
+    "advance",
     "analysis_due",
     "build_predictor_patch",
     "build_queries",

@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from whetstone_operator.api.common import (
-    ConditionStatus,
     format_time,
-    get_condition,
     parse_duration,
     parse_time,
-    set_condition,
 )
 from whetstone_operator.api.names import ABORT, PAUSE, PROMOTE, RESUME, RETRY
 from whetstone_operator.api.rollout import (
@@ -48,7 +45,7 @@ from whetstone_operator.reconcile.canary.kserve import (
     check_ready,
     same_storage,
 )
-from whetstone_operator.reconcile.core import Event
+from whetstone_operator.reconcile.core import Draft, Event, Obj
 
 COMMANDS = (("abort", ABORT), ("retry", RETRY), ("pause", PAUSE), ("resume", RESUME))
 HISTORY = 10
@@ -102,40 +99,37 @@ def step(
     generation: int | None = None,
 ) -> StepResult:
     """Advance the rollout as far as the observed state allows."""
-    return _Machine(spec, status, observed, now, generation).run()
+    draft = Draft(Obj("", "", generation=generation), status, now)
+    desired = advance(draft, spec, observed)
+    return StepResult(draft.status, desired, draft.decision.events)
+
+
+def advance(draft: Draft[RolloutStatus], spec: RolloutSpec, observed: Observed) -> Desired | None:
+    """Advance the drafted rollout as far as the observed state allows; what the predictor
+    should say (None: leave it)."""
+    return _Machine(draft, spec, observed).run()
 
 
 class _Machine:
-    def __init__(
-        self,
-        spec: RolloutSpec,
-        status: RolloutStatus,
-        observed: Observed,
-        now: datetime,
-        generation: int | None,
-    ) -> None:
+    def __init__(self, draft: Draft[RolloutStatus], spec: RolloutSpec, observed: Observed) -> None:
+        self.draft = draft
         self.spec = spec
-        self.s = status.model_copy(deep=True)
+        self.s = draft.status
         self.obs = observed
-        self.now = now
-        self.generation = generation
+        self.now = draft.now
+        self.generation = draft.obj.generation
         self.steps = spec.strategy.canary.steps
         self.analysis = spec.strategy.canary.analysis
-        self.result = StepResult(status=self.s)
+        self.desired: Desired | None = None
 
     # ------------------------------------------------------------------ helpers
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.result.events.append(Event(type_, reason, message))
+        self.draft.event(type_, reason, message)
 
     def condition(self, type_: str, value: bool | None, reason: str, message: str) -> bool:
         """Set a condition; True when its status or message changed."""
-        status: ConditionStatus = "Unknown" if value is None else ("True" if value else "False")
-        before = get_condition(self.s.conditions, type_)
-        self.s.conditions = set_condition(
-            self.s.conditions, type_, status, reason, message, self.now, self.generation
-        )
-        return before is None or before.status != status or before.message != message
+        return self.draft.condition(type_, value, reason, message)
 
     def state(self, phase: RolloutPhase, message: str) -> None:
         self.s.phase = phase
@@ -151,7 +145,7 @@ class _Machine:
 
     # ------------------------------------------------------------------ the call
 
-    def run(self) -> StepResult:
+    def run(self) -> Desired | None:
         if self.s.canary_model_version and self.s.canary_model_version != self.spec.model_version:
             self.new_version()
         commands = self.new_commands()
@@ -186,7 +180,7 @@ class _Machine:
             self.progress(promote)
         elif self.s.phase == "Aborted":
             self.hold_stable()
-        return self.result
+        return self.desired
 
     def new_commands(self) -> dict[str, str]:
         handled = self.s.handled_commands or HandledCommands()
@@ -241,7 +235,7 @@ class _Machine:
             fresh.stable_model_version = old.stable_model_version
             fresh.stable_storage = old.stable_storage
             fresh.stable_revision = old.stable_revision
-        self.s = self.result.status = fresh
+        self.s = self.draft.status = fresh
         self.event(
             "Normal",
             "NewModelVersion",
@@ -251,7 +245,7 @@ class _Machine:
 
     def retry(self, value: str) -> None:
         old = self.s
-        self.s = self.result.status = RolloutStatus(
+        self.s = self.draft.status = RolloutStatus(
             conditions=old.conditions,
             observed_generation=old.observed_generation,
             handled_commands=old.handled_commands,
@@ -346,7 +340,7 @@ class _Machine:
         """Aborted, or waiting after a reset: the stable version takes all the traffic."""
         if self.s.stable_storage is not None:
             self.s.canary_weight = 0
-            self.result.desired = Desired(self.s.stable_storage, 0)
+            self.desired = Desired(self.s.stable_storage, 0)
 
     def succeed(self, service: ServiceView) -> None:
         s, name = self.s, self.spec.model_version
@@ -421,7 +415,7 @@ class _Machine:
         index = s.current_step_index or 0
         weight = weight_at(self.steps, index)
         desired = Desired(candidate, None if index >= n else weight)
-        self.result.desired = desired
+        self.desired = desired
         s.canary_weight = weight
         service = self.obs.service
         if service is None:
