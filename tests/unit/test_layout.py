@@ -95,3 +95,35 @@ def test_operator_never_imports_the_trainer() -> None:
         if names & {"whetstone_trainer", "whetstone_local"}
     }
     assert offenders == {}
+
+
+def _readme_layout() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("## Layout", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_and_nothing_that_is_gone() -> None:
+    import re
+
+    layout = _readme_layout()
+    packages = {
+        "operator/src/whetstone_operator": "whetstone_operator",
+        "contract/src/whetstone_contract": "whetstone_contract",
+        "trainer/src/whetstone_trainer": "whetstone_trainer",
+        "local/src/whetstone_local": "whetstone_local",
+    }
+    missing = []
+    for folder in packages:
+        root = REPO_ROOT / folder
+        assert f"{folder}/" in layout, folder
+        for path in sorted(root.iterdir()):
+            if path.name in ("__init__.py", "py.typed", "__pycache__", "README.md"):
+                continue
+            shown = f"{path.name}/" if path.is_dir() else path.name
+            if not re.search(rf"(?<![\w/]){re.escape(shown)}", layout):
+                missing.append(f"{folder}/{shown}")
+    assert missing == [], f"not in the README's layout: {missing}"
+    named = set(re.findall(r"(?<![\w/.])([a-z_]+\.py)\b", layout))
+    existing = {p.name for folder in packages for p in (REPO_ROOT / folder).rglob("*.py")}
+    assert named - existing == set(), "the README's layout names modules that do not exist"
