@@ -177,8 +177,13 @@ class Loop(Generic[O]):
                 self.records.pop(key, None)
             return
         encoded = _compact(body)
+        due = time.monotonic() + self.period
         with self.lock:
-            self.records[key] = (time.monotonic() + self.period, encoded)
+            # An event never puts off a resync already due sooner: the cadence stays one
+            # period, however often the object changes (a Rollout's pause ends on time).
+            if key in self.records:
+                due = min(due, self.records[key][0])
+            self.records[key] = (due, encoded)
 
     def take_due(self, now: float) -> list[tuple[Key, bytes]]:
         """Records due now and not being reconciled, each postponed by one period (a failed
