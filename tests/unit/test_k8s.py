@@ -19,6 +19,8 @@ from kubernetes.client.configuration import Configuration
 from kubernetes.config import incluster_config
 
 from whetstone_operator import k8s
+from whetstone_operator.handlers import runtime
+from whetstone_operator.reconcile.rollout import set_deployment
 
 from tests.loopback import LoopbackServer, QuietHandler
 
@@ -129,7 +131,7 @@ def test_delete_propagates_in_background_and_tolerates_absence(server: Server) -
 def test_get_is_none_on_404(server: Server) -> None:
     server.answers = [(404, {}), (200, {"metadata": {"name": "mv"}})]
     assert k8s.get(API, "ModelVersion", "ns", "mv") is None
-    assert k8s.get_model_version("ns", "mv") == {"metadata": {"name": "mv"}}
+    assert k8s.get(API, "ModelVersion", "ns", "mv") == {"metadata": {"name": "mv"}}
     assert server.seen[1]["path"] == "/apis/whetstone.dev/v1alpha1/namespaces/ns/modelversions/mv"
 
 
@@ -173,7 +175,7 @@ def test_deployment_patch_is_optimistic_and_retries_a_conflict(server: Server) -
     stored = {"metadata": {"resourceVersion": "7"}, "status": {"deployments": []}}
     server.answers = [(200, stored), (409, {}), (200, stored), (200, {})]
     entry = {"rollout": "r", "weight": 5}
-    assert k8s.set_model_version_deployment("ns", "mv", "r", entry) is True
+    runtime.execute(set_deployment("r", "mv", entry), "ns")
     patches = [s for s in server.seen if s["method"] == "PATCH"]
     assert len(patches) == 2
     assert patches[0]["path"].endswith("/modelversions/mv/status")
@@ -182,27 +184,6 @@ def test_deployment_patch_is_optimistic_and_retries_a_conflict(server: Server) -
         "metadata": {"resourceVersion": "7"},
         "status": {"deployments": [entry]},
     }
-
-
-def test_patch_object_splits_status_from_labels(server: Server) -> None:
-    patch = {"status": {"phase": "Ready"}, "metadata": {"labels": {"a": "b"}}}
-    k8s.patch_object("modelversions", "ns", "mv", patch)
-    k8s.patch_object("finetunejobs", "ns", "ftj", {"status": {"phase": "Running"}})
-    assert [(s["path"].rsplit("/", 2)[-2:], s["body"]) for s in server.seen] == [
-        (["modelversions", "mv"], {"metadata": {"labels": {"a": "b"}}}),
-        (["mv", "status"], {"status": {"phase": "Ready"}}),
-        (["ftj", "status"], {"status": {"phase": "Running"}}),
-    ]
-    with pytest.raises(ValueError):
-        k8s.patch_object("finetunejobs", "ns", "ftj", {"metadata": {"labels": {}}})
-
-
-def test_helpers_that_raised_on_a_missing_object_still_do(server: Server) -> None:
-    server.answers = [(404, {}), (404, {})]
-    with pytest.raises(k8s.ApiException) as caught:
-        k8s.patch_rollout_status("ns", "r", {"phase": "Done"})
-    assert caught.value.status == 404
-    assert k8s.patch_inference_service_predictor("ns", "isvc", {"spec": {}}) is False
 
 
 def test_subject_access_review_omits_unknown_fields(server: Server) -> None:
@@ -221,7 +202,7 @@ def test_subject_access_review_omits_unknown_fields(server: Server) -> None:
 def test_a_429_waits_for_retry_after(server: Server) -> None:
     server.answers = [(429, {}, {"Retry-After": "1"}), (200, {"metadata": {"name": "r"}})]
     started = time.monotonic()
-    assert k8s.get_rollout("ns", "r") == {"metadata": {"name": "r"}}
+    assert k8s.get(API, "Rollout", "ns", "r") == {"metadata": {"name": "r"}}
     assert time.monotonic() - started >= 1.0
     assert len(server.seen) == 2
     assert server.seen[1]["at"] - server.seen[0]["at"] >= 1.0
@@ -229,7 +210,7 @@ def test_a_429_waits_for_retry_after(server: Server) -> None:
 
 def test_a_503_twice_is_retried_with_backoff(server: Server) -> None:
     server.answers = [(503, {}), (503, {}), (200, {"metadata": {"name": "mv"}})]
-    assert k8s.get_model_version("ns", "mv") == {"metadata": {"name": "mv"}}
+    assert k8s.get(API, "ModelVersion", "ns", "mv") == {"metadata": {"name": "mv"}}
     assert len(server.seen) == 3
     # urllib3: the first retry at once, then backoff_factor * 2**(n-1).
     assert server.seen[2]["at"] - server.seen[1]["at"] >= 2 * k8s.RETRY.backoff_factor
@@ -267,9 +248,9 @@ def test_a_401_logs_in_again_once(server: Server, monkeypatch: pytest.MonkeyPatc
     tokens = iter(["old", "new", "newer"])
     monkeypatch.setattr(k8s, "configuration", lambda: config(server.url, next(tokens)))
     server.answers = [(401, {}), (200, {"metadata": {"name": "r"}}), (401, {}), (401, {})]
-    assert k8s.get_rollout("ns", "r") == {"metadata": {"name": "r"}}
+    assert k8s.get(API, "Rollout", "ns", "r") == {"metadata": {"name": "r"}}
     with pytest.raises(k8s.ApiException) as caught:
-        k8s.get_rollout("ns", "r")
+        k8s.get(API, "Rollout", "ns", "r")
     assert caught.value.status == 401
     # Once per request: a second 401 right after logging in again is an answer.
     assert [s["auth"] for s in server.seen] == [
@@ -281,7 +262,7 @@ def test_a_401_logs_in_again_once(server: Server, monkeypatch: pytest.MonkeyPatc
 
 
 def test_the_client_pools_more_connections_than_kopf_has_threads(server: Server) -> None:
-    k8s.get_rollout("ns", "r")
+    k8s.get(API, "Rollout", "ns", "r")
     api = k8s._api()
     assert api.configuration.connection_pool_maxsize == k8s.POOL_SIZE > 20
     assert api.configuration.retries is k8s.RETRY
@@ -356,9 +337,9 @@ def test_an_expired_exec_token_is_refreshed_before_the_next_request(
     monkeypatch.setattr(k8s, "_client", None)
     try:
         token.write_text("one")
-        k8s.get_rollout("ns", "r")
+        k8s.get(API, "Rollout", "ns", "r")
         token.write_text("two")
-        k8s.get_rollout("ns", "r")
+        k8s.get(API, "Rollout", "ns", "r")
     finally:
         srv.loopback.close()
     assert [s["auth"] for s in srv.seen] == ["Bearer one", "Bearer two"]
