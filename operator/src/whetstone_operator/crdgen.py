@@ -158,7 +158,7 @@ def build_crd(info: KindInfo, model: type[BaseModel]) -> dict[str, Any]:
         },
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": "Namespaced" if info.namespaced else "Cluster",
             "names": {
                 "kind": info.kind,
                 "listKind": f"{info.kind}List",

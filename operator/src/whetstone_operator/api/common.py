@@ -1,4 +1,4 @@
-"""Parts shared by the three kinds: references, conditions, durations and the status base."""
+"""Parts shared by the kinds: references, conditions, durations and the status base."""
 
 from __future__ import annotations
 
@@ -148,3 +148,4 @@ class KindInfo(BaseModel):
     short_names: list[str]
     columns: list[dict[str, str | int]]
     description: str
+    namespaced: bool = True
