@@ -153,7 +153,7 @@ class TrainingRules(CamelModel):
         default=4, ge=1, le=1024, description="Most trainer pods one FineTuneJob may use."
     )
     data_classes: list[DataClass] = Field(
-        default_factory=lambda: ["public", "internal"],
+        default_factory=lambda: list[DataClass](["public", "internal"]),
         max_length=3,
         description="Data classifications (spec.dataset.classification) allowed; restricted "
         "data also needs spec.dataset.redact and spec.output.encryption.",
