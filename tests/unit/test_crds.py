@@ -91,7 +91,11 @@ def test_names_columns_and_status_subresource(path) -> None:
         "FineTuneJob": (["ftj"], ["Phase", "Progress", "Loss", "ETA", "ModelVersion", "Age"]),
         "ModelVersion": (["mv"], ["Model", "Version", "Phase", "ExactMatch", "Age"]),
         "Rollout": (["mro"], ["Phase", "Step", "Weight", "Stable", "Canary", "Age"]),
+        "PlatformPolicy": (["wpp"], ["Priority", "Namespaces", "Governs", "Age"]),
     }[names["kind"]]
+    assert crd["spec"]["scope"] == (
+        "Cluster" if names["kind"] == "PlatformPolicy" else "Namespaced"
+    )
     assert (names["shortNames"], columns) == expected
 
 
@@ -117,6 +121,7 @@ def test_free_form_fields_are_only_where_meant() -> None:
     assert sorted(free) == [
         "finetunejobs.spec.resources.affinity",
         "finetunejobs.spec.resources.tolerations[]",
+        "platformpolicies.spec.training.tolerations[]",
         # A golden prompt's request body and the JSON Schema its answers must match.
         "rollouts.spec.strategy.canary.analysis.metrics[].http.prompts[].body",
         "rollouts.spec.strategy.canary.analysis.metrics[].http.responseSchema",

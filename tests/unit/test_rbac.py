@@ -23,6 +23,7 @@ CLUSTER_SCOPED = {
     "customresourcedefinitions",
     "namespaces",
     "subjectaccessreviews",
+    "platformpolicies",
     "clusterkopfpeerings",
     "validatingwebhookconfigurations",
     "mutatingwebhookconfigurations",

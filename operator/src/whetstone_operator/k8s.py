@@ -60,6 +60,9 @@ KINDS: dict[str, Resource] = {
     "ModelVersion": Resource(API_VERSION, "modelversions", "create get patch patch/status"),
     "Rollout": Resource(API_VERSION, "rollouts", "get patch/status"),
     "InferenceService": Resource("serving.kserve.io/v1beta1", "inferenceservices", "get patch"),
+    "PlatformPolicy": Resource(
+        API_VERSION, "platformpolicies", "get patch/status", namespaced=False
+    ),
     "SubjectAccessReview": Resource(
         "authorization.k8s.io/v1", "subjectaccessreviews", "create", namespaced=False
     ),
