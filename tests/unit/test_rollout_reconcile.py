@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from whetstone_operator.api.rollout import PredictorStorage
+from whetstone_operator.approval import Approver, Trust
 from whetstone_operator.reconcile.canary import (
     build_predictor_patch,
     candidate_storage,
@@ -34,11 +35,23 @@ from tests.conftest import REPO_ROOT
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/rollout.yaml").read_text())
-OK = {"ArtifactVerified": "True", "GatesPassed": "True"}
+MV_SPEC = yaml.safe_load((REPO_ROOT / "manifests/samples/modelversion.yaml").read_text())["spec"]
+ALICE = Approver("alice", ("reviewers",), "2026-11-22T19:00:00Z")
+TRUSTED = Trust(verified=True, approvers=(ALICE,), required=1)
 
 
-def version(name: str, uri: str, phase: str = "Approved", **kw: Any) -> VersionInfo:
-    return VersionInfo(name=name, phase=phase, conditions=OK, artifact_uri=uri, **kw)
+def version(
+    name: str,
+    uri: str,
+    phase: str | None = "Approved",
+    trust: Trust | None = TRUSTED,
+    spec: dict[str, Any] | None = None,
+    **kw: Any,
+) -> VersionInfo:
+    """A ModelVersion as the Rollout's observe hands it over (phase is only its status: the
+    decision must not rely on it)."""
+    spec = spec or {**MV_SPEC, "artifact": {**MV_SPEC["artifact"], "uri": uri}}
+    return VersionInfo(name=name, phase=phase, artifact_uri=uri, spec=spec, trust=trust, **kw)
 
 
 V1 = version("grader-v1", "s3://models/grader/v1/", "Serving")
@@ -54,6 +67,7 @@ def isvc(
     ready: bool = True,
     created: str = "grader-predictor-00001",
     ready_rev: str = "grader-predictor-00001",
+    opted_in: str | None = "grader",
 ) -> dict[str, Any]:
     predictor: dict[str, Any] = {
         "model": {"modelFormat": {"name": "huggingface"}, "storageUri": uri}
@@ -63,7 +77,12 @@ def isvc(
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": {"name": "grader", "namespace": "ml", "generation": generation},
+        "metadata": {
+            "name": "grader",
+            "namespace": "ml",
+            "generation": generation,
+            "annotations": {"whetstone.dev/rollout": opted_in} if opted_in else {},
+        },
         "spec": {"predictor": predictor},
         "status": {
             "observedGeneration": observed,
@@ -82,62 +101,69 @@ def isvc(
     }
 
 
-@pytest.mark.parametrize(
-    ("info", "reason", "text"),
-    [
-        (None, "ModelVersionNotFound", "not found"),
-        (
-            version("v", "s3://a/", "Verified"),
-            "ModelVersionNotApproved",
-            "is Verified, not Approved: approve it first",
-        ),
-        (
-            version("v", "s3://a/", "Pending"),
-            "ModelVersionNotApproved",
-            "wait for its artifact check",
-        ),
-        (version("v", "s3://a/", "Rejected"), "ModelVersionNotApproved", "pick another version"),
-        (version("v", "s3://a/", None), "ModelVersionNotApproved", "not yet reconciled"),
-        (
-            VersionInfo(
-                name="v",
-                phase="Approved",
-                conditions={"ArtifactVerified": "True"},
-                artifact_uri="s3://a/",
+PROBLEMS = {
+    "unknown": (None, "ModelVersionNotFound", "not found"),
+    "no signed verification": (
+        version("v", "s3://a/", trust=Trust(verified=False, approvers=(ALICE,), required=1)),
+        "ModelVersionNotVerified",
+        "no valid signed verification",
+    ),
+    "a status that claims Approved is not trusted": (
+        version("v", "s3://a/", "Approved", trust=None),
+        "ModelVersionNotVerified",
+        "status.verification",
+    ),
+    "not approved": (
+        version("v", "s3://a/", "Verified", trust=Trust(verified=True, approvers=(), required=1)),
+        "ModelVersionNotApproved",
+        "is not Approved: approve it first (0 of 1",
+    ),
+    "one of two approvers": (
+        version("v", "s3://a/", trust=Trust(verified=True, approvers=(ALICE,), required=2)),
+        "ModelVersionNotApproved",
+        "1 of 2 approval(s) that count: alice",
+    ),
+    "an approver the policy does not count": (
+        version(
+            "v",
+            "s3://a/",
+            trust=Trust(
+                verified=True,
+                approvers=(),
+                required=1,
+                refused=("system:serviceaccount:x:y is a ServiceAccount",),
             ),
-            "ModelVersionNotReady",
-            "GatesPassed is missing",
         ),
-        (
-            VersionInfo(
-                name="v",
-                phase="Approved",
-                conditions={**OK, "GatesPassed": "False"},
-                artifact_uri="s3://a/",
-            ),
-            "ModelVersionNotReady",
-            "GatesPassed is False",
+        "ModelVersionNotApproved",
+        "is a ServiceAccount",
+    ),
+    "gates recomputed from the spec": (
+        version(
+            "v",
+            "s3://a/",
+            spec={
+                **MV_SPEC,
+                "artifact": {**MV_SPEC["artifact"], "uri": "s3://a/"},
+                "gates": [{"metric": "exactMatch", "min": 0.99}],
+            },
         ),
-    ],
-    ids=[
-        "unknown",
-        "verified",
-        "pending",
-        "rejected",
-        "no phase",
-        "no gates condition",
-        "gates false",
-    ],
-)
-def test_version_problem(info: VersionInfo | None, reason: str, text: str) -> None:
+        "GatesFailed",
+        "exactMatch",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PROBLEMS, ids=list(PROBLEMS))
+def test_version_problem(name: str) -> None:
+    info, reason, text = PROBLEMS[name]
     problem = version_problem("v", info)
     assert problem is not None
     assert problem[0] == reason
     assert text in problem[1]
 
 
-@pytest.mark.parametrize("phase", ["Approved", "Serving"])
-def test_usable_versions(phase: str) -> None:
+@pytest.mark.parametrize("phase", ["Approved", "Serving", "Verified", None])
+def test_usable_versions_are_judged_on_their_records_not_their_phase(phase: str | None) -> None:
     assert version_problem("v", version("v", "s3://a/", phase)) is None
 
 
@@ -325,14 +351,21 @@ def test_first_reconcile_patches_the_predictor_and_records_both_deployments() ->
 
 
 def test_unapproved_version_is_refused_without_touching_anything() -> None:
-    verified = version("grader-v2", "s3://models/grader/v2/", "Verified")
+    verified = version(
+        "grader-v2",
+        "s3://models/grader/v2/",
+        "Verified",
+        trust=Trust(verified=True, approvers=(), required=1),
+    )
     world = World(service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": verified})
     decision = decide_rollout(rollout(), world, NOW)
     assert decision.actions == []
     assert decision.status["phase"] == "Pending"
     (cond,) = [c for c in decision.status["conditions"] if c["type"] == "ModelVersionReady"]
     assert cond["status"] == "False"
-    assert cond["message"] == "ModelVersion grader-v2 is Verified, not Approved: approve it first"
+    assert cond["message"].startswith(
+        "ModelVersion grader-v2 is not Approved: approve it first (0 of 1"
+    )
     again = decide_rollout(rollout(decision.status), world, NOW + timedelta(seconds=10))
     assert again.events == []  # the refusal is reported once, not at every resync
 
@@ -502,3 +535,21 @@ def test_set_deployment_changes_only_this_rollouts_entry(
         assert patch == {"deployments": [{"rollout": "other"}], "supersededBy": "v2"}
     else:
         assert patch == {"deployments": [{"rollout": "r"}], "supersededBy": None}
+
+
+@pytest.mark.parametrize("opted_in", [None, "another-rollout"])
+def test_a_service_that_did_not_opt_in_is_never_touched(opted_in: str | None) -> None:
+    world = World(
+        service=service_view(isvc(opted_in=opted_in)), versions={"grader-v1": V1, "grader-v2": V2}
+    )
+    decision = decide_rollout(rollout(), world, NOW)
+    assert decision.actions == []
+    cond = next(c for c in decision.status["conditions"] if c["type"] == "TargetOptedIn")
+    assert cond["status"] == "False" and cond["reason"] == "NotOptedIn"
+    assert (
+        "kubectl annotate inferenceservice grader whetstone.dev/rollout=grader" in cond["message"]
+    )
+    assert [e.reason for e in decision.events] == ["NotOptedIn"]
+    opted = World(service=service_view(isvc()), versions=world.versions)
+    after = decide_rollout(rollout(decision.status), opted, NOW)
+    assert after.actions, "once the service opts in, the rollout starts"

@@ -1,10 +1,10 @@
 """The only module that writes to the Kubernetes API (besides kopf's own watches and patches).
 
-Four generic verbs (`create`, `get`, `patch`, `delete`) over the `kubernetes` package's
-ApiClient, for the kinds and verbs that `KINDS` declares (and the chart grants). Creates are
-idempotent (an existing object of the same name counts as done) and deletes tolerate absence,
-so executing a decision twice is harmless. One credentials source, `configuration()`, serves
-both these requests and kopf's login.
+Five generic verbs (`create`, `get`, `list_objects`, `patch`, `delete`) over the `kubernetes`
+package's ApiClient, for the kinds and verbs that `KINDS` declares (and the chart grants).
+Creates are idempotent (an existing object of the same name counts as done) and deletes
+tolerate absence, so executing a decision twice is harmless. One credentials source,
+`configuration()`, serves both these requests and kopf's login.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ KINDS: dict[str, Resource] = {
     "Rollout": Resource(API_VERSION, "rollouts", "get patch/status"),
     "InferenceService": Resource("serving.kserve.io/v1beta1", "inferenceservices", "get patch"),
     "PlatformPolicy": Resource(
-        API_VERSION, "platformpolicies", "get patch/status", namespaced=False
+        API_VERSION, "platformpolicies", "get list patch/status", namespaced=False
     ),
+    "Namespace": Resource("v1", "namespaces", "get", namespaced=False),
     "SubjectAccessReview": Resource(
         "authorization.k8s.io/v1", "subjectaccessreviews", "create", namespaced=False
     ),
@@ -284,6 +285,12 @@ def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[s
         if exc.status == 404:
             return None
         raise
+
+
+def list_objects(api_version: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+    """Every object of a kind (in `namespace`, or cluster-scoped)."""
+    answer = _request("GET", _path(api_version, kind, "list", namespace))
+    return [dict(item) for item in (answer or {}).get("items") or []]
 
 
 def patch(

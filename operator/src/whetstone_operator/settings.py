@@ -6,6 +6,7 @@ handed to `configure`; nothing reads the environment at import time."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +43,20 @@ class OperatorOptions:
     # rollout_resync_seconds, since pauses and analysis rounds fall due on the clock.
     resync_seconds: float = 10.0
     rollout_resync_seconds: float = 1.0
+    # Signs approvals and verifications; see signing_key().
     approval_key: bytes | None = field(default=None, repr=False)
     trainer: TrainerDefaults = field(default_factory=TrainerDefaults)
 
 
 OPTIONS = OperatorOptions()
+_EPHEMERAL_KEY = secrets.token_bytes(32)
+
+
+def signing_key() -> bytes:
+    """The key that signs and checks approval and verification records. Without a configured
+    key, one drawn at start-up: records then hold until this process exits (the chart always
+    configures one)."""
+    return OPTIONS.approval_key or _EPHEMERAL_KEY
 
 
 def configure(options: OperatorOptions) -> None:

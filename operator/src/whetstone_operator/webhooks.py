@@ -1,9 +1,13 @@
 """Admission webhooks served by the operator (only imported when the webhook is enabled).
 
 - approval: `kubectl annotate mv X whetstone.dev/approve=true` (or `whetstone.dev/revoke`) is
-  checked against the RBAC verb `approve` with a SubjectAccessReview; an allowed approval is
-  stamped as a signed `whetstone.dev/approval` record, a denied one is refused with the reason.
-  Nobody can write that record by hand.
+  checked against the RBAC verb `approve` with a SubjectAccessReview and against the
+  namespace's PlatformPolicy (no ServiceAccounts unless allowed, approver groups, nobody
+  approves what they created); an allowed approval is added as a signed record to
+  `whetstone.dev/approval`, a denied one is refused with the reason. Nobody can write that
+  record by hand.
+- created-by: who created a FineTuneJob or ModelVersion is stamped at creation
+  (`whetstone.dev/created-by`) and can never be changed.
 - spec validation (optional): the same pydantic models as the operator, so `kubectl apply` of a
   bad object fails at once; and ModelVersion `spec.artifact` / `spec.source` stay immutable.
 """
@@ -19,12 +23,17 @@ from whetstone_operator import k8s, settings
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.common import format_time
 from whetstone_operator.api.errors import SpecError, parse_spec
+from whetstone_operator.api.names import CREATED_BY_ANNOTATION
 from whetstone_operator.approval import (
     APPROVAL_ANNOTATION,
     APPROVE_ANNOTATION,
     REVOKE_ANNOTATION,
-    sign,
+    Subject,
+    approver_refusal,
+    sign_approval,
+    with_record,
 )
+from whetstone_operator.reconcile.policy import Policy, PolicyEntry, policy_for
 from whetstone_operator.reconcile.validation import spec_model
 
 _KINDS = {"finetunejobs": "FineTuneJob", "modelversions": "ModelVersion", "rollouts": "Rollout"}
@@ -61,7 +70,87 @@ def decide_approval_request(
         )
     if len(asks) == 2:
         raise kopf.AdmissionError("approve and revoke at once: choose one", code=400)
+    if old is not None and (new.get("spec") or {}) != (old.get("spec") or {}):
+        raise kopf.AdmissionError(
+            "an approval covers the spec as it is: approve without changing the spec in the "
+            "same request",
+            code=400,
+        )
     return "approve" if asks[0] == APPROVE_ANNOTATION else "revoke"
+
+
+def decide_created_by(
+    operation: str, user: str, new: dict[str, Any], old: dict[str, Any] | None
+) -> str | None:
+    """The created-by annotation to stamp (on CREATE), None to leave it; raises
+    AdmissionError for a change to it afterwards."""
+    if operation == "CREATE":
+        return user
+    before = _annotations(old).get(CREATED_BY_ANNOTATION)
+    if _annotations(new).get(CREATED_BY_ANNOTATION) != before:
+        raise kopf.AdmissionError(
+            f"{CREATED_BY_ANNOTATION} records who created the object and cannot be changed",
+            code=403,
+        )
+    return None
+
+
+def self_approval(user: str, creators: list[str | None], policy: Policy) -> str | None:
+    """Why `user` may not approve what they created (None when they may)."""
+    if not policy.spec.approval.forbid_self_approval or user not in creators:
+        return None
+    return (
+        f"{user} created this ModelVersion or the FineTuneJob that made it, and "
+        f"{policy.field('approval.forbidSelfApproval')} is true: someone else must approve"
+    )
+
+
+def _namespace_policy(namespace: str) -> Policy:
+    ns = k8s.get("v1", "Namespace", None, namespace) or {}
+    labels = dict((ns.get("metadata") or {}).get("labels") or {})
+    entries = [
+        PolicyEntry(
+            name=p["metadata"]["name"], spec=p.get("spec") or {}, status=p.get("status") or {}
+        )
+        for p in k8s.list_objects(GROUP + "/" + VERSION, "PlatformPolicy", None)
+    ]
+    return policy_for(namespace, labels, entries)
+
+
+def _creators(body: dict[str, Any]) -> list[str | None]:
+    meta = body["metadata"]
+    found = [_annotations(body).get(CREATED_BY_ANNOTATION)]
+    job = ((body.get("spec") or {}).get("source") or {}).get("fineTuneJob")
+    if job:
+        ftj = k8s.get(GROUP + "/" + VERSION, "FineTuneJob", meta["namespace"], job)
+        found.append(_annotations(ftj).get(CREATED_BY_ANNOTATION))
+    return found
+
+
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "finetunejobs",
+    id="whetstone-created-by-finetunejob",
+    operations=["CREATE", "UPDATE"],
+)
+@kopf.on.mutate(
+    GROUP,
+    VERSION,
+    "modelversions",
+    id="whetstone-created-by-modelversion",
+    operations=["CREATE", "UPDATE"],
+)
+def created_by(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    user = str((kwargs.get("userinfo") or {}).get("username", "unknown"))
+    old = kwargs.get("old")
+    stamp = decide_created_by(
+        str(kwargs.get("operation", "UPDATE")), user, dict(body), dict(old) if old else None
+    )
+    if stamp is not None:
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[CREATED_BY_ANNOTATION] = (
+            stamp
+        )
 
 
 @kopf.on.mutate(
@@ -76,6 +165,7 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         return
     meta = body["metadata"]
     user = str(userinfo.get("username", "unknown"))
+    groups = [str(g) for g in userinfo.get("groups") or []]
     allowed, reason = k8s.can_approve(userinfo, meta["namespace"], meta["name"])
     if not allowed:
         raise kopf.AdmissionError(
@@ -89,14 +179,21 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         annotations[APPROVAL_ANNOTATION] = None
         annotations[REVOKE_ANNOTATION] = None
         return
-    key = settings.OPTIONS.approval_key
-    if key is None:
-        raise kopf.AdmissionError("approvals are not configured: the operator has no key", 500)
-    digest = str(((body.get("spec") or {}).get("artifact") or {}).get("digest", ""))
-    at = format_time(datetime.now(UTC))
-    annotations[APPROVAL_ANNOTATION] = sign(
-        key, meta["namespace"], meta["name"], meta.get("uid", ""), digest, user, at
+    policy = _namespace_policy(meta["namespace"])
+    refusal = approver_refusal(user, groups, policy.spec.approval, policy.name)
+    if refusal is not None:
+        raise kopf.AdmissionError(refusal, code=403)
+    refusal = self_approval(user, _creators(dict(body)), policy)
+    if refusal is not None:
+        raise kopf.AdmissionError(refusal, code=403)
+    record = sign_approval(
+        settings.signing_key(),
+        Subject.of(dict(body)),
+        user,
+        groups,
+        format_time(datetime.now(UTC)),
     )
+    annotations[APPROVAL_ANNOTATION] = with_record(_annotations(body), record)
     annotations[APPROVE_ANNOTATION] = None
 
 

@@ -142,7 +142,8 @@ class ApprovalPolicy(CamelModel):
     required: bool = Field(
         default=True,
         description="true: the version reaches Approved only after an authorised approval "
-        "(annotation whetstone.dev/approve, checked against the approve verb).",
+        "(annotation whetstone.dev/approve, checked against the approve verb). false lifts "
+        "the requirement only where the namespace's PlatformPolicy does not require approval.",
     )
 
 
@@ -210,6 +211,27 @@ class Deployment(CamelModel):
     role: Literal["stable", "canary"] = Field(description="stable or canary.")
 
 
+class ApprovalEntry(CamelModel):
+    """One approval whose signature holds."""
+
+    user: str = Field(description="Who approved (the Kubernetes user name).")
+    groups: list[str] = Field(default_factory=list, description="The approver's groups then.")
+    time: str = Field(description="When (RFC 3339).")
+    counted: bool = Field(
+        default=True,
+        description="Whether the namespace's PlatformPolicy counts this approver (e.g. "
+        "ServiceAccounts and people outside approverGroups do not).",
+    )
+
+
+class Verification(CamelModel):
+    """The operator's signed record that the artifact matched its digest."""
+
+    digest: str = Field(description="The digest the verify pod confirmed.")
+    at: str = Field(description="When (RFC 3339).")
+    sig: str = Field(description="The operator's signature over the object and its artifact.")
+
+
 class ModelVersionStatus(StatusBase):
     """Observed state of a ModelVersion."""
 
@@ -220,8 +242,20 @@ class ModelVersionStatus(StatusBase):
         default=None, description="Digest confirmed by recomputing the artifact's files."
     )
     gate_results: list[GateResult] = Field(default_factory=list, description="Gate outcomes.")
-    approved_by: str | None = Field(default=None, description="Who approved the version.")
-    approved_at: str | None = Field(default=None, description="When it was approved (RFC 3339).")
+    verification: Verification | None = Field(
+        default=None,
+        description="Signed record of the artifact check; Rollouts trust this, not "
+        "verifiedDigest, and check it before every traffic change.",
+    )
+    approvals: list[ApprovalEntry] = Field(
+        default_factory=list, description="Every approval whose signature holds, oldest first."
+    )
+    approved_by: str | None = Field(
+        default=None, description="Who approved the version (the last approver)."
+    )
+    approved_at: str | None = Field(
+        default=None, description="When it was approved (RFC 3339, the last approval)."
+    )
     deployments: list[Deployment] = Field(
         default_factory=list,
         description="Rollouts serving this version (written by the Rollout controller).",

@@ -19,6 +19,10 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 APPROVE_ANNOTATION = f"{PREFIX}/approve"
 REVOKE_ANNOTATION = f"{PREFIX}/revoke"
 APPROVAL_ANNOTATION = f"{PREFIX}/approval"
+# Who created a FineTuneJob or ModelVersion: stamped at admission, never changed after.
+CREATED_BY_ANNOTATION = f"{PREFIX}/created-by"
+# On an InferenceService: the Rollout that may drive it (set by whoever may edit the service).
+ROLLOUT_TARGET_ANNOTATION = f"{PREFIX}/rollout"
 
 # A Rollout's commands (the `kubectl whetstone` plugin writes them).
 PROMOTE = f"{PREFIX}/promote"

@@ -1,5 +1,5 @@
-"""ModelVersion: observe its verify Job and the signed approval record; decide
-(reconcile/modelversion.py); the loop does the rest."""
+"""ModelVersion: observe its verify Job and the namespace's PlatformPolicy; decide
+(reconcile/modelversion.py, which checks the signed records); the loop does the rest."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from whetstone_operator import settings
-from whetstone_operator.approval import verify
 from whetstone_operator.handlers import runtime
 from whetstone_operator.handlers.indexes import all_of, one_of
+from whetstone_operator.handlers.platformpolicy import namespace_policy
 from whetstone_operator.observe import job_view
 from whetstone_operator.reconcile.core import Obj
 from whetstone_operator.reconcile.modelversion import Observed, decide_modelversion
@@ -18,23 +18,15 @@ from whetstone_operator.render.verify import verify_job_name
 
 
 def observe(mv: Obj, indexes: Mapping[str, Any], now: datetime) -> Observed:
-    """The verify Job from kopf's ws_jobs and ws_pods; the approval whose signature holds."""
+    """The verify Job from kopf's ws_jobs and ws_pods, and the namespace's policy."""
     jname = verify_job_name(mv.name)
-    body = {
-        "metadata": {
-            "namespace": mv.namespace,
-            "name": mv.name,
-            "uid": mv.uid,
-            "annotations": dict(mv.annotations),
-        },
-        "spec": mv.spec,
-    }
     return Observed(
+        key=settings.signing_key(),
         verify_job=job_view(
             one_of(indexes["ws_jobs"], (mv.namespace, jname)),
             all_of(indexes["ws_pods"], (mv.namespace, jname)),
         ),
-        approval=verify(settings.OPTIONS.approval_key, body),
+        policy=namespace_policy(mv.namespace, indexes),
         defaults=settings.OPTIONS.trainer,
     )
 

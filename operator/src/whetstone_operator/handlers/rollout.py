@@ -9,16 +9,19 @@ previous run has just moved on would repeat or undo a step (or count a round twi
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import kopf
 from prometheus_client import Counter, Gauge
 
-from whetstone_operator import analysis
+from whetstone_operator import analysis, settings
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.rollout import ROLLOUT_FINISHED
+from whetstone_operator.approval import assess, signed_parts
 from whetstone_operator.handlers import runtime
+from whetstone_operator.handlers.platformpolicy import namespace_policy
 from whetstone_operator.reconcile.canary import ServiceView, service_view
 from whetstone_operator.reconcile.core import Action, Decision, Obj, apply_merge_patch
 from whetstone_operator.reconcile.rollout import (
@@ -47,20 +50,20 @@ ABORTS = Counter("whetstone_rollout_aborts", "Rollouts aborted.", ["namespace", 
 def ws_rollout_versions(
     body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any
 ) -> dict[tuple[str, str], VersionInfo]:
-    """ModelVersions by (namespace, name): artifact, phase, conditions, deployments."""
+    """ModelVersions by (namespace, name): artifact, deployments, and what the signed
+    records are checked on (trust is assessed for the candidate at each run)."""
     meta = body["metadata"]
     artifact = spec.get("artifact") or {}
     return {
         (meta["namespace"], meta["name"]): VersionInfo(
             name=meta["name"],
             phase=status.get("phase"),
-            conditions={
-                str(c.get("type")): str(c.get("status")) for c in status.get("conditions") or []
-            },
             artifact_uri=artifact.get("uri"),
             artifact_format=str(artifact.get("format") or "merged"),
             base_uri=(spec.get("baseModel") or {}).get("uri"),
             deployments=tuple(dict(d) for d in status.get("deployments") or []),
+            spec=dict(spec),
+            record=signed_parts(body),
         )
     }
 
@@ -99,14 +102,27 @@ def _versions(namespace: str, indexes: Mapping[str, Any]) -> dict[str, VersionIn
 
 
 def observe(obj: Obj, indexes: Mapping[str, Any], now: datetime) -> World:
-    """The InferenceService and ModelVersions from the indexes; the analysis measurements
-    when a round is due."""
+    """The InferenceService and ModelVersions from the indexes, the candidate's signed
+    records checked under the namespace's policy, and the analysis measurements when a round
+    is due."""
     name = _service_of(obj.spec)
     service = next(_values(indexes["ws_inference_services"], (obj.namespace, name)), None)
+    versions = _versions(obj.namespace, indexes)
+    wanted = str(obj.spec.get("modelVersion") or "")
+    candidate = versions.get(wanted)
+    if candidate is not None:
+        policy = namespace_policy(obj.namespace, indexes)
+        trust = assess(
+            settings.signing_key(),
+            candidate.record,
+            policy.spec.approval,
+            policy=policy.name,
+        )
+        versions[wanted] = replace(candidate, trust=trust)
     queries = due_queries(obj, now, service)
     return World(
         service=service,
-        versions=_versions(obj.namespace, indexes),
+        versions=versions,
         measurements=analysis.measure_all(queries) if queries else None,
     )
 

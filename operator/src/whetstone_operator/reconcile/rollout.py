@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from whetstone_operator.api import API_VERSION
+from whetstone_operator.api.modelversion import ModelVersionSpec
+from whetstone_operator.api.names import ROLLOUT_TARGET_ANNOTATION
 from whetstone_operator.api.rollout import (
     ROLLOUT_ACTIVE,
     ROLLOUT_FINISHED,
@@ -23,6 +25,7 @@ from whetstone_operator.api.rollout import (
     RolloutSpec,
     RolloutStatus,
 )
+from whetstone_operator.approval import Trust
 from whetstone_operator.reconcile.canary import (
     Check,
     Measurement,
@@ -37,23 +40,24 @@ from whetstone_operator.reconcile.canary import (
 )
 from whetstone_operator.reconcile.canary.kserve import is_applied
 from whetstone_operator.reconcile.core import Decision, Draft, Obj, Patch, UpdateStatus
+from whetstone_operator.reconcile.modelversion import evaluate_gate
 from whetstone_operator.reconcile.validation import check_spec
-
-USABLE_PHASES = ("Approved", "Serving")
-REQUIRED_CONDITIONS = ("ArtifactVerified", "GatesPassed")
 
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """A ModelVersion as a Rollout sees it."""
+    """A ModelVersion as a Rollout sees it: what it would serve, what its signed records
+    establish (`trust`, filled in for the candidate) and where it serves now."""
 
     name: str
     phase: str | None = None
-    conditions: Mapping[str, str] = field(default_factory=dict)
     artifact_uri: str | None = None
     artifact_format: str = "merged"
     base_uri: str | None = None
     deployments: tuple[Mapping[str, Any], ...] = ()
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)  # what the signatures cover
+    trust: Trust | None = None
 
     def storage(self) -> PredictorStorage | None:
         if not self.artifact_uri:
@@ -112,30 +116,56 @@ def set_deployment(
 
 
 def version_problem(name: str, version: VersionInfo | None) -> tuple[str, str] | None:
-    """(reason, message) why ModelVersion `name` may not be rolled out; None when it may."""
+    """(reason, message) why ModelVersion `name` may not be rolled out; None when it may.
+
+    Decided from the signed records and the spec they cover, never from the ModelVersion's
+    status (anyone with modelversions/status could write that): the operator's verification
+    of the artifact, the gates recomputed from the spec, and the approvals that count under
+    the namespace's PlatformPolicy."""
     if version is None:
         return "ModelVersionNotFound", (
             f"ModelVersion {name} not found in this namespace: create it (or fix spec.modelVersion)"
         )
-    if version.phase not in USABLE_PHASES:
-        hint = {
-            "Verified": "approve it first",
-            "Pending": "wait for its artifact check and gates",
-            "Rejected": "it failed its gates or artifact check: pick another version",
-            "Retired": "re-approve it or pick another version",
-        }.get(version.phase or "", "wait for it to be approved")
-        return "ModelVersionNotApproved", (
-            f"ModelVersion {name} is {version.phase or 'not yet reconciled'}, not Approved: {hint}"
+    try:
+        spec = ModelVersionSpec.model_validate(dict(version.spec))
+    except ValidationError:
+        return "ModelVersionNotReady", f"ModelVersion {name} has an invalid spec"
+    trust = version.trust
+    if trust is None or not trust.verified:
+        return "ModelVersionNotVerified", (
+            f"ModelVersion {name} has no valid signed verification of its artifact "
+            "(status.verification): wait for its artifact check"
         )
-    for cond in REQUIRED_CONDITIONS:
-        if version.conditions.get(cond) != "True":
-            return "ModelVersionNotReady", (
-                f"ModelVersion {name} is {version.phase} but its condition {cond} is "
-                f"{version.conditions.get(cond, 'missing')}"
-            )
+    failed = [r for r in (evaluate_gate(g, spec) for g in spec.gates) if not r.passed]
+    if failed:
+        return "GatesFailed", (
+            f"ModelVersion {name} fails its gates: "
+            + "; ".join(f"{r.metric}: {r.message}" for r in failed)
+            + ": pick another version"
+        )
+    if not trust.approved:
+        have = ", ".join(a.user for a in trust.approvers) or "none"
+        return "ModelVersionNotApproved", (
+            f"ModelVersion {name} is not Approved: approve it first ({len(trust.approvers)} "
+            f"of {trust.required} approval(s) that count: {have})"
+            + (f"; {'; '.join(trust.refused)}" if trust.refused else "")
+        )
     if version.storage() is None:
         return "ModelVersionNotReady", f"ModelVersion {name} has no spec.artifact.uri"
     return None
+
+
+def opt_in_problem(obj: Obj, service: ServiceView | None) -> str | None:
+    """Why this Rollout may not drive the InferenceService (None when it opted in): the
+    operator acts for the Rollout's author only on a service whose editors said so."""
+    if service is None or service.rollout == obj.name:
+        return None
+    found = f" (it names Rollout {service.rollout})" if service.rollout else ""
+    return (
+        f"InferenceService {service.name} has not opted in to this Rollout{found}: someone "
+        f"who may edit it runs kubectl annotate inferenceservice {service.name} "
+        f"{ROLLOUT_TARGET_ANNOTATION}={obj.name}"
+    )
 
 
 def serving_version(service: ServiceView | None, versions: Mapping[str, VersionInfo]) -> str | None:
@@ -246,6 +276,17 @@ def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
     if not isinstance(spec, RolloutSpec):
         d.decision.status_first = True
         return d.finish()
+    refused = opt_in_problem(obj, world.service)
+    if refused is not None:
+        # Nothing is touched: not the service, not the versions' deployment entries.
+        if d.condition("TargetOptedIn", False, "NotOptedIn", refused):
+            d.event("Warning", "NotOptedIn", refused)
+        d.status.phase = d.status.phase or "Pending"
+        d.status.message = f"waiting: {refused}"
+        d.decision.status_first = True
+        return d.finish()
+    if any(c.type == "TargetOptedIn" for c in d.status.conditions):
+        d.condition("TargetOptedIn", True, "OptedIn", "the InferenceService opted in")
     candidate = world.versions.get(spec.model_version)
     problem = version_problem(spec.model_version, candidate)
     observed = Observed(

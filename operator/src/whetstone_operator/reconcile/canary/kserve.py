@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from whetstone_operator.api.names import ROLLOUT_TARGET_ANNOTATION
 from whetstone_operator.api.rollout import PredictorStorage, StorageUri
 
 # An adapter is served on top of its base model, each fetched by KServe's storage
@@ -47,6 +48,7 @@ class ServiceView:
     latest_created_revision: str | None = None
     traffic: tuple[Traffic, ...] = ()
     model_form: bool = True
+    rollout: str | None = None  # the Rollout the service opted in to (its annotation)
 
     def url_of(self, revision: str | None) -> str | None:
         """The tag-routed URL reaching `revision` alone (KServe's tag routing), if reported."""
@@ -124,6 +126,7 @@ def service_view(body: Mapping[str, Any]) -> ServiceView:
         latest_created_revision=component.get("latestCreatedRevision"),
         traffic=traffic,
         model_form=isinstance(predictor.get("model"), Mapping),
+        rollout=(meta.get("annotations") or {}).get(ROLLOUT_TARGET_ANNOTATION),
     )
 
 
