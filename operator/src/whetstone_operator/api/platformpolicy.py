@@ -227,13 +227,20 @@ class NamespaceSpend(CamelModel):
     gpu_hours: float = Field(default=0, ge=0, description="GPU-hours spent in the month.")
     jobs: dict[str, float] = Field(
         default_factory=dict,
-        description="GPU-seconds per FineTuneJob uid this month (kept when a job is deleted).",
+        description="GPU-seconds per FineTuneJob uid (kept when a job is deleted).",
+    )
+    baseline: dict[str, float] = Field(
+        default_factory=dict,
+        description="GPU-seconds each job had spent before this month (not counted in it).",
     )
 
 
 class PlatformPolicyStatus(StatusBase):
     """Observed state of a PlatformPolicy."""
 
+    phase: Literal["Active", "Invalid"] | None = Field(
+        default=None, description="Active, or Invalid (its spec does not parse: it governs none)."
+    )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces this policy governs now."
     )

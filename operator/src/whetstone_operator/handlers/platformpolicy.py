@@ -1,15 +1,20 @@
-"""PlatformPolicy: the indexes of policies and namespace labels, and the policy of a
-namespace as every kind's observe reads it."""
+"""PlatformPolicy: the indexes of policies, namespace labels and FineTuneJob costs; the policy
+of a namespace as every kind's observe reads it; the policy's own reconcile (the namespaces it
+governs and their spend, reconcile/platformpolicy.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from whetstone_operator.api import GROUP, VERSION
+from whetstone_operator.handlers import runtime
 from whetstone_operator.handlers.indexes import one_of
+from whetstone_operator.reconcile.core import Obj
+from whetstone_operator.reconcile.platformpolicy import Observed, decide_platformpolicy
 from whetstone_operator.reconcile.policy import Policy, PolicyEntry, policy_for
 
 
@@ -35,6 +40,45 @@ def ws_policies(body: kopf.Body, **_: Any) -> dict[None, PolicyEntry]:
 def namespace_policy(namespace: str, indexes: Mapping[str, Any]) -> Policy:
     """The Policy that governs `namespace` now."""
     labels = one_of(indexes["ws_namespace_labels"], namespace) or {}
+    return policy_for(namespace, labels, _entries(indexes))
+
+
+@kopf.index(GROUP, VERSION, "finetunejobs")
+def ws_job_costs(body: kopf.Body, **_: Any) -> dict[str, tuple[str, float]] | None:
+    """(uid, GPU-seconds so far) of FineTuneJobs that have spent any, by namespace."""
+    seconds = float(((body.get("status") or {}).get("cost") or {}).get("gpuSeconds") or 0)
+    if seconds <= 0:
+        return None
+    meta = body["metadata"]
+    return {meta["namespace"]: (str(meta.get("uid", "")), seconds)}
+
+
+def _entries(indexes: Mapping[str, Any]) -> list[PolicyEntry]:
     store = indexes["ws_policies"].get(None)
-    entries = list(store) if store is not None else []
-    return policy_for(namespace, labels, entries)
+    return list(store) if store is not None else []
+
+
+def observe(obj: Obj, indexes: Mapping[str, Any], now: datetime) -> Observed:
+    """Namespace labels, every policy and the jobs' costs, from the indexes."""
+    labels = indexes["ws_namespace_labels"]
+    costs_index = indexes["ws_job_costs"]
+    costs: dict[str, dict[str, float]] = {}
+    for namespace in list(costs_index):
+        for uid, seconds in list(costs_index.get(namespace) or []):
+            costs.setdefault(namespace, {})[uid] = seconds
+    return Observed(
+        namespaces={ns: one_of(labels, ns) or {} for ns in list(labels)},
+        policies=tuple(_entries(indexes)),
+        costs=costs,
+    )
+
+
+LOOP = runtime.register(
+    runtime.Kind(
+        kind="PlatformPolicy",
+        plural="platformpolicies",
+        observe=observe,
+        decide=decide_platformpolicy,
+        period=lambda options: float(options.resync_seconds),
+    )
+)

@@ -26,6 +26,7 @@ import kopf
 
 from whetstone_operator import k8s, metrics
 from whetstone_operator.api import GROUP, VERSION
+from whetstone_operator.api.common import Condition, set_condition
 from whetstone_operator.reconcile.core import (
     Action,
     Create,
@@ -100,14 +101,29 @@ def _dig(body: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller owner, if it has one."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
 def execute(action: Action, namespace: str) -> None:
-    """Carry out one action in `namespace` (every action is confined to it)."""
+    """Carry out one action in `namespace` (every action is confined to it; cluster-scoped
+    objects have the namespace "")."""
     if isinstance(action, Create):
         body = {**action.body, "metadata": {**action.body["metadata"], "namespace": namespace}}
-        if k8s.create(body) or not action.must_match:
+        owner = controller_uid(body)
+        if k8s.create(body) or (owner is None and not action.must_match):
             return
         meta = body["metadata"]
         existing = k8s.get(body["apiVersion"], body["kind"], namespace, meta["name"]) or {}
+        if owner is not None and controller_uid(existing) != owner:
+            raise NameTakenError(
+                f"{body['kind']} {meta['name']} exists and is not controlled by this object "
+                f"(owner uid {controller_uid(existing)!r}, not {owner!r}): delete or rename it"
+            )
         for path in action.must_match:
             if _dig(existing, path) != _dig(body, path):
                 raise NameTakenError(
@@ -171,7 +187,7 @@ class Loop(Generic[O]):
         """After a watch event or a write: remember the object (due one period from now) or
         forget it."""
         meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+        key = (meta.get("namespace", ""), meta["name"])
         if not keep:
             with self.lock:
                 self.records.pop(key, None)
@@ -226,7 +242,7 @@ class Loop(Generic[O]):
     def on_event(self, body: kopf.Body, indexes: Mapping[str, Any], deleted: bool) -> None:
         """A watch event of the kind: record it, then reconcile (or clean up after it)."""
         meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+        key = (meta.get("namespace", ""), meta["name"])
         if deleted:
             self.seen(body, keep=False)
             with self.lock:
@@ -272,8 +288,10 @@ class Loop(Generic[O]):
                 if exc.delay is not None:
                     self.postpone(key, exc.delay)
             except NameTakenError as exc:
-                log.warning("%s %s/%s: %s; retrying", self.kind.kind, namespace, name, exc)
-                self.postpone(key, 1.0)
+                log.warning("%s %s/%s: %s", self.kind.kind, namespace, name, exc)
+                self._report_conflict(key, str(exc))
+                # Retried slowly: the name frees only when someone deletes the other object.
+                self.postpone(key, max(self.period, 5.0))
             except k8s.ApiException as exc:
                 if exc.status == 404:
                     self.seen({"metadata": {"namespace": namespace, "name": name}}, keep=False)
@@ -292,7 +310,7 @@ class Loop(Generic[O]):
         namespace, name = key
         kind = self.kind
         if body is None or fresh or kind.reread:
-            body = k8s.get(kind.api_version, kind.kind, namespace, name)
+            body = k8s.get(kind.api_version, kind.kind, namespace or None, name)
             if body is None:
                 self.seen({"metadata": {"namespace": namespace, "name": name}}, keep=False)
                 return
@@ -324,6 +342,37 @@ class Loop(Generic[O]):
         if kind.record is not None:
             kind.record(obj, decision)
 
+    def _report_conflict(self, key: Key, message: str) -> None:
+        """Condition ChildConflict and a Warning Event on the object (once per message)."""
+        namespace, name = key
+        kind = self.kind
+        body = k8s.get(kind.api_version, kind.kind, namespace or None, name)
+        if body is None:
+            return
+        status = body.get("status") or {}
+        conditions = [Condition.model_validate(c) for c in status.get("conditions") or []]
+        before = next((c for c in conditions if c.type == "ChildConflict"), None)
+        if before is not None and before.status == "True" and before.message == message:
+            return
+        generation = body["metadata"].get("generation")
+        changed = set_condition(
+            conditions,
+            "ChildConflict",
+            "True",
+            "ChildConflict",
+            message,
+            datetime.now(UTC),
+            generation,
+        )
+        patch = {"status": {"conditions": [c.wire() for c in changed], "message": message}}
+        k8s.patch(kind.api_version, kind.kind, namespace or None, name, patch, subresource="status")
+        kopf.event(
+            kopf.Body(dict(body)),  # type: ignore[arg-type]
+            type="Warning",
+            reason="ChildConflict",
+            message=message[:1024],
+        )
+
     def _log_run(self, key: Key, decision: Decision, phase: Any) -> None:
         with self.lock:
             first = key not in self._reconciled
@@ -347,7 +396,7 @@ class Loop(Generic[O]):
         return k8s.patch(
             kind.api_version,
             kind.kind,
-            obj.namespace,
+            obj.namespace or None,
             obj.name,
             {"status": decision.status},
             subresource="status",

@@ -34,7 +34,7 @@ def obj_from_body(body: Mapping[str, Any]) -> Obj:
     meta = body["metadata"]
     return Obj(
         name=meta["name"],
-        namespace=meta["namespace"],
+        namespace=meta.get("namespace", ""),
         uid=meta.get("uid", ""),
         generation=meta.get("generation"),
         spec=dict(body.get("spec") or {}),
@@ -51,9 +51,11 @@ def obj_from_body(body: Mapping[str, Any]) -> Obj:
 
 @dataclass(frozen=True)
 class Create:
-    """Create `body` unless an object of that name exists. When one does, each of
-    `must_match` (dotted paths) must hold the same value in it as in `body`, or the name is
-    someone else's: the reconcile fails and is retried."""
+    """Create `body` unless an object of that name exists. When one does, it must be ours:
+    controlled by the owner `body` names (same owner uid), and each of `must_match` (dotted
+    paths) must hold the same value in it as in `body`; otherwise the name is someone
+    else's, which the loop reports on the object (condition ChildConflict, an Event) and
+    never reads as a result."""
 
     body: dict[str, Any]
     must_match: tuple[str, ...] = ()
