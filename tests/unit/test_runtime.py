@@ -154,10 +154,15 @@ def test_actions_run_before_the_status_unless_the_decision_says_otherwise(
     assert ("create", "ns", "c") in api.calls
 
 
-def test_a_taken_child_name_fails_the_run_and_retries_soon(
+def _status_patches(api: FakeApi) -> list[dict[str, Any]]:
+    return [c[4]["status"] for c in api.calls if c[0] == "patch" and c[5] == "status"]
+
+
+def test_a_taken_child_name_is_reported_and_retried_later(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     api = FakeApi(monkeypatch)
+    api.objects["a"] = body()
     api.objects["mv"] = {"spec": {"source": {"fineTuneJob": "someone-else"}}}
     mine = {
         "apiVersion": "whetstone.dev/v1alpha1",
@@ -171,11 +176,56 @@ def test_a_taken_child_name_fails_the_run_and_retries_soon(
     loop = make_loop(lambda *_: decision)
     loop.seen(body())
     loop.run(("ns", "a"), body(), {})
-    assert not [c for c in api.calls if c[0] == "patch"]  # status never points at it
-    assert loop.records["ns", "a"][0] <= time.monotonic() + 1
+    (reported,) = _status_patches(api)  # status never points at it; the conflict is reported
+    assert "modelVersion" not in reported
+    (cond,) = reported["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "ChildConflict",
+        "True",
+        "ChildConflict",
+    )
+    assert "spec.source.fineTuneJob='someone-else'" in cond["message"]
+    assert [c[1]["reason"] for c in api.calls if c[0] == "event"] == ["ChildConflict"]
+    assert loop.records["ns", "a"][0] >= time.monotonic() + PERIOD - 1
     api.objects["mv"] = mine  # ours after all (a repeated reconcile): fine
     loop.run(("ns", "a"), body(), {})
-    assert [c for c in api.calls if c[0] == "patch"]
+    assert _status_patches(api)[-1] == {"modelVersion": "mv"}
+
+
+def _child(owner_uid: str | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "a-config", "namespace": "ns"}
+    if owner_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "whetstone.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "name": "a",
+                "uid": owner_uid,
+                "controller": True,
+            }
+        ]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {}}
+
+
+@pytest.mark.parametrize(
+    ("existing_owner", "conflict"),
+    [("u", False), ("someone-else", True), (None, True)],
+    ids=["ours", "another owner", "no owner (pre-created by a tenant)"],
+)
+def test_an_existing_child_counts_only_when_we_control_it(
+    monkeypatch: pytest.MonkeyPatch, existing_owner: str | None, conflict: bool
+) -> None:
+    api = FakeApi(monkeypatch)
+    api.objects["a"] = body()
+    api.objects["a-config"] = _child(existing_owner)
+    decision = Decision([Create(_child("u"))], {"phase": "Validating"})
+    make_loop(lambda *_: decision).run(("ns", "a"), body(), {})
+    patches = _status_patches(api)
+    if conflict:
+        assert [p["conditions"][0]["type"] for p in patches] == ["ChildConflict"]
+        assert "not controlled by this object" in patches[0]["conditions"][0]["message"]
+    else:
+        assert patches == [{"phase": "Validating"}]
 
 
 def test_patch_delete_and_a_status_update_retried_on_conflict(
@@ -266,7 +316,7 @@ def test_the_resync_runs_on_the_finetunejob_crd_and_every_kind_is_registered() -
     import whetstone_operator.handlers  # noqa: F401  (registers the kinds)
 
     kinds = {loop.kind.plural: loop.kind for loop in runtime.LOOPS}
-    assert set(kinds) == {"finetunejobs", "modelversions", "rollouts"}
+    assert set(kinds) == {"finetunejobs", "modelversions", "rollouts", "platformpolicies"}
     assert kinds["rollouts"].reread and not kinds["finetunejobs"].reread
 
 
