@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from whetstone_contract.result import CheckpointInfo, Progress
+from whetstone_operator.api.platformpolicy import NamespaceSpend, PlatformPolicySpec
+from whetstone_operator.observe import job_summary, job_view, pod_summary
 from whetstone_operator.reconcile.core import Create, Delete, Obj, apply_merge_patch
 from whetstone_operator.reconcile.finetunejob import (
     JobView,
@@ -22,6 +24,7 @@ from whetstone_operator.reconcile.finetunejob import (
     model_version_name,
     spec_fingerprint,
 )
+from whetstone_operator.reconcile.policy import Policy
 from whetstone_operator.render.workload import TrainerDefaults
 
 from tests.conftest import REPO_ROOT
@@ -57,12 +60,34 @@ DATA_PENDING = {
 }
 
 
+UID = "uid-1"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def policy(spent: float = 0.0, month: str = "2026-11", **training: Any) -> Policy:
+    """The sample is within it: its toleration, 8 GPUs, internal data."""
+    rules = {"tolerations": [GPU_TOLERATION], **training}
+    return Policy(
+        name="tenants",
+        spec=PlatformPolicySpec.model_validate({"training": rules}),
+        spend=NamespaceSpend(month=month, gpu_hours=spent),
+    )
+
+
+ALLOWS_SAMPLE = policy()
+BUDGET_SPENT = policy(spent=100.0, budget={"gpuHoursPerMonth": 100})
+PLACED = policy(
+    nodeSelector={"pool": "training"},
+    tolerations=[GPU_TOLERATION, {"key": "team", "value": "ml", "effect": "NoSchedule"}],
+)
+
+
 def vjob(**kw: Any) -> JobView:
-    return JobView(name="grader-v3-validate", **kw)
+    return JobView(**{"name": "grader-v3-validate", "owner_uid": UID, **kw})
 
 
 def tjob(attempt: int = 1, **kw: Any) -> JobView:
-    return JobView(name=f"grader-v3-train-{attempt}", **kw)
+    return JobView(**{"name": f"grader-v3-train-{attempt}", "owner_uid": UID, **kw})
 
 
 def pod(phase: str, **kw: Any) -> PodView:
@@ -78,6 +103,7 @@ class Case:
     event_reasons: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(SPEC))
     check: Any = None
+    policy: Policy = ALLOWS_SAMPLE
 
 
 RUNNING = {"phase": "Running", "attempt": 1, "conditions": [VALID, DATA_OK]}
@@ -96,6 +122,42 @@ def changed(**fields: Any) -> dict[str, Any]:
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def ran(start: str, end: str | None = None, phase: str = "Running") -> PodView:
+    """A trainer pod that started at `start` (HH:MM:SS on NOW's day) and ended at `end`."""
+    day = "2026-11-22T"
+    return PodView(
+        name=f"p-{start}",
+        phase=phase if end is None else "Succeeded",
+        start_time=f"{day}{start}Z",
+        finished_at=f"{day}{end}Z" if end else None,
+        owner_uid="job-uid",
+    )
+
+
+def cost(attempt: int, gpu_seconds: float, **kw: Any) -> dict[str, Any]:
+    return {"attempt": attempt, "gpus": 8, "gpuSeconds": gpu_seconds, **kw}
+
+
+POLICY_REFUSED = {
+    "type": "PolicyAllowed",
+    "status": "False",
+    "reason": "PolicyViolation",
+    "message": "spec.image: an earlier refusal",
+}
+BUDGET_WAIT = {
+    "type": "BudgetAvailable",
+    "status": "False",
+    "reason": "BudgetExhausted",
+    "message": "the namespace has spent 90 of its 100 GPU-hours",
+}
+CONFLICT = {
+    "type": "ChildConflict",
+    "status": "True",
+    "reason": "ChildConflict",
+    "message": "Job grader-v3-validate exists but is not owned by this FineTuneJob",
+}
 
 
 CASES: dict[str, Case] = {
@@ -369,6 +431,232 @@ CASES: dict[str, Case] = {
         event_reasons=["TrainingStarted"],
         check=lambda s: condition(s, "SpecApplied")["status"] == "True",
     ),
+    # --- the platform policy, checked before anything of the job is scheduled
+    "a spec the policy refuses waits in Pending with nothing created": Case(
+        status={},
+        spec=changed(image="docker.io/someone/trainer:latest"),
+        observed=Observed(),
+        phase="Pending",
+        actions=[],
+        event_reasons=["PolicyViolation"],
+        check=lambda s: (
+            condition(s, "PolicyAllowed")["status"] == "False"
+            and condition(s, "PolicyAllowed")["reason"] == "PolicyViolation"
+            and "spec.image" in condition(s, "PolicyAllowed")["message"]
+            and "PlatformPolicy tenants spec.training.images" in s["message"]
+        ),
+    ),
+    "the built-in default refuses a toleration the tenant adds": Case(
+        status={},
+        observed=Observed(),
+        policy=Policy(),
+        phase="Pending",
+        actions=[],
+        event_reasons=["PolicyViolation"],
+        check=lambda s: (
+            "spec.resources.tolerations[0]" in condition(s, "PolicyAllowed")["message"]
+            and "PlatformPolicy built-in default spec.training.tolerations" in s["message"]
+        ),
+    ),
+    "a changed refusal is announced again": Case(
+        status={"phase": "Pending", "conditions": [VALID, POLICY_REFUSED]},
+        spec=changed(resources={**SPEC["resources"], "nodes": 8, "deepspeed": {"zeroStage": 2}}),
+        observed=Observed(),
+        phase="Pending",
+        actions=[],
+        event_reasons=["PolicyViolation"],
+        check=lambda s: "spec.resources.nodes" in condition(s, "PolicyAllowed")["message"],
+    ),
+    "a spec brought within the policy starts": Case(
+        status={"phase": "Pending", "conditions": [VALID, POLICY_REFUSED]},
+        observed=Observed(),
+        phase="Validating",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
+        event_reasons=["ValidationStarted"],
+        check=lambda s: condition(s, "PolicyAllowed")["status"] == "True",
+    ),
+    "no budget condition where the policy sets no budget": Case(
+        status={},
+        observed=Observed(),
+        phase="Validating",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
+        event_reasons=["ValidationStarted"],
+        check=lambda s: (
+            condition(s, "BudgetAvailable") == {}
+            and condition(s, "PolicyAllowed")["status"] == "True"
+        ),
+    ),
+    "a spent budget holds a new job in Pending": Case(
+        status={},
+        observed=Observed(),
+        policy=BUDGET_SPENT,
+        phase="Pending",
+        actions=[],
+        event_reasons=["BudgetExhausted"],
+        check=lambda s: (
+            condition(s, "BudgetAvailable")["reason"] == "BudgetExhausted"
+            and "100 of its 100 GPU-hours" in s["message"]
+            and "PlatformPolicy tenants spec.training.budget.gpuHoursPerMonth" in s["message"]
+        ),
+    ),
+    "a job already waiting for budget is not announced again as the spend moves": Case(
+        status={"phase": "Pending", "conditions": [VALID, BUDGET_WAIT]},
+        observed=Observed(),
+        policy=BUDGET_SPENT,
+        phase="Pending",
+        actions=[],
+    ),
+    "a raised budget starts the waiting job": Case(
+        status={"phase": "Pending", "conditions": [VALID, BUDGET_WAIT]},
+        observed=Observed(),
+        policy=policy(spent=100.0, budget={"gpuHoursPerMonth": 200}),
+        phase="Validating",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
+        event_reasons=["ValidationStarted"],
+        check=lambda s: condition(s, "BudgetAvailable")["status"] == "True",
+    ),
+    "a new month starts the waiting job": Case(
+        status={"phase": "Pending", "conditions": [VALID, BUDGET_WAIT]},
+        observed=Observed(),
+        policy=policy(spent=100.0, month="2026-10", budget={"gpuHoursPerMonth": 100}),
+        phase="Validating",
+        actions=["Create ConfigMap/grader-v3-trainer-config", "Create Job/grader-v3-validate"],
+        event_reasons=["ValidationStarted"],
+    ),
+    "a running job is not stopped by a stricter policy or a spent budget": Case(
+        status={**RUNNING, "specFingerprint": STARTED},
+        observed=Observed(trainer_job=tjob(active=1)),
+        policy=policy(spent=500.0, maxGPUsPerJob=1, budget={"gpuHoursPerMonth": 100}),
+        phase="Running",
+        actions=[],
+        check=lambda s: condition(s, "PolicyAllowed") == {},
+    ),
+    "validated data starts the trainer whatever the policy says now": Case(
+        status={"phase": "Validating", "conditions": [VALID, DATA_OK], "specFingerprint": STARTED},
+        observed=Observed(),
+        policy=Policy(),
+        phase="Running",
+        actions=["Create Job/grader-v3-train-1"],
+        event_reasons=["TrainingStarted"],
+    ),
+    # --- children this job does not own are never read
+    "a validation Job this job does not own is reported and left alone": Case(
+        status={"phase": "Validating", "conditions": [VALID], "specFingerprint": STARTED},
+        observed=Observed(validation_job=vjob(owner_uid="someone-else", complete=True)),
+        phase="Validating",
+        actions=[],
+        event_reasons=["ChildConflict"],
+        check=lambda s: (
+            condition(s, "ChildConflict")["status"] == "True"
+            and "grader-v3-validate" in condition(s, "ChildConflict")["message"]
+            and "delete or rename it" in s["message"]
+            and condition(s, "DataValidated") == {}
+        ),
+    ),
+    "a same-named Job without an owner before the job started": Case(
+        status={},
+        observed=Observed(validation_job=vjob(owner_uid=None, complete=True)),
+        phase="Pending",
+        actions=[],
+        event_reasons=["ChildConflict", "Accepted"],
+        check=lambda s: condition(s, "ChildConflict")["reason"] == "ChildConflict",
+    ),
+    "a trainer Job this job does not own is neither read nor deleted": Case(
+        status=RUNNING,
+        spec={**SPEC, "suspend": True},
+        observed=Observed(
+            trainer_job=tjob(owner_uid="someone-else", failed=1, failed_reason="Failed")
+        ),
+        phase="Running",
+        actions=[],
+        event_reasons=["ChildConflict"],
+        check=lambda s: "grader-v3-train-1" in condition(s, "ChildConflict")["message"],
+    ),
+    "a conflict that is gone clears the condition": Case(
+        status={"phase": "Validating", "conditions": [VALID, CONFLICT]},
+        observed=Observed(validation_job=vjob(active=1, pods=(pod("Running"),))),
+        phase="Validating",
+        actions=[],
+        check=lambda s: condition(s, "ChildConflict")["status"] == "False",
+    ),
+    # --- GPU time: (end or now - start) x gpusPerNode per trainer pod, whole minutes running
+    "a running attempt counts whole minutes of its pods": Case(
+        status=RUNNING,
+        observed=Observed(trainer_job=tjob(active=1, pods=(ran("19:00:00"), ran("19:58:30")))),
+        phase="Running",
+        actions=[],
+        check=lambda s: (
+            s["cost"]
+            == {
+                "gpuSeconds": (3600 + 60) * 8.0,
+                "attempts": [cost(1, (3600 + 60) * 8.0, startTime="2026-11-22T19:00:00Z")],
+            }
+        ),
+    ),
+    "a finished attempt counts to its pods' ends and records its end": Case(
+        status=RUNNING,
+        observed=Observed(
+            trainer_job=tjob(
+                failed=1,
+                failed_reason="BackoffLimitExceeded",
+                pods=(ran("19:00:00", "19:10:05"), ran("19:20:00", "19:30:00")),
+            )
+        ),
+        phase="Failed",
+        actions=[],
+        event_reasons=["BackoffLimitExceeded"],
+        check=lambda s: (
+            s["cost"]["attempts"]
+            == [
+                cost(
+                    1,
+                    (605 + 600) * 8.0,
+                    startTime="2026-11-22T19:00:00Z",
+                    endTime="2026-11-22T19:30:00Z",
+                )
+            ]
+        ),
+    ),
+    "a suspend counts the stopped pods up to now": Case(
+        status=RUNNING,
+        spec={**SPEC, "suspend": True},
+        observed=Observed(trainer_job=tjob(active=1, pods=(ran("19:59:30"),))),
+        phase="Suspended",
+        actions=["Delete Job/grader-v3-train-1"],
+        event_reasons=["Suspended"],
+        check=lambda s: (
+            s["cost"]["attempts"][0]["gpuSeconds"] == 30 * 8.0
+            and s["cost"]["attempts"][0]["endTime"] == "2026-11-22T20:00:00Z"
+        ),
+    ),
+    "earlier attempts and pods that are gone keep their figures": Case(
+        status={
+            **RUNNING,
+            "attempt": 2,
+            "cost": {"gpuSeconds": 9000.0, "attempts": [cost(1, 4000.0), cost(2, 5000.0)]},
+        },
+        observed=Observed(trainer_job=tjob(2, active=1, pods=(ran("19:50:00"),))),
+        phase="Running",
+        actions=[],
+        check=lambda s: (
+            s["cost"]["gpuSeconds"] == 9000.0
+            and [a["gpuSeconds"] for a in s["cost"]["attempts"]] == [4000.0, 5000.0]
+        ),
+    ),
+    "a second attempt adds to the first": Case(
+        status={
+            **RUNNING,
+            "attempt": 2,
+            "cost": {"gpuSeconds": 4000.0, "attempts": [cost(1, 4000.0)]},
+        },
+        observed=Observed(trainer_job=tjob(2, active=1, pods=(ran("19:50:00"),))),
+        phase="Running",
+        actions=[],
+        check=lambda s: (
+            s["cost"]["gpuSeconds"] == 4000.0 + 600 * 8
+            and [a["attempt"] for a in s["cost"]["attempts"]] == [1, 2]
+        ),
+    ),
     "a finished job is left alone": Case(
         status={"phase": "Succeeded", "observedGeneration": 1, "conditions": [VALID]},
         observed=Observed(),
@@ -389,7 +677,7 @@ def _job(case: Case) -> Obj:
 
 
 def _observed(case: Case) -> Observed:
-    return replace(case.observed, defaults=DEFAULTS)
+    return replace(case.observed, defaults=DEFAULTS, policy=case.policy)
 
 
 @pytest.mark.parametrize("name", CASES, ids=list(CASES))
@@ -421,6 +709,74 @@ def test_decide_again_with_the_new_status_changes_nothing(name: str) -> None:
     assert again.status == {}
 
 
+@pytest.mark.parametrize(
+    "status",
+    [{}, {"phase": "Validating", "conditions": [VALID, DATA_OK], "specFingerprint": STARTED}],
+    ids=["validation pod", "trainer pod"],
+)
+def test_the_policy_placement_is_forced_onto_the_pods(status: dict[str, Any]) -> None:
+    observed = Observed(defaults=DEFAULTS, policy=PLACED)
+    decision = decide_finetunejob(Obj("grader-v3", "ml", UID, 1, SPEC, status), observed, NOW)
+    (job,) = [a.body for a in decision.actions if isinstance(a, Create) and a.body["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["pool"] == "training"
+    assert {"key": "team", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["tolerations"].count(GPU_TOLERATION) == 1
+
+
 def test_model_version_name_follows_the_scheme() -> None:
     name = model_version_name("grader", "hf://meta-llama/Llama-3.2-1B-Instruct", 4, NOW)
     assert name == "grader-llama-3-2-1b-instruct-v4-20261122"
+
+
+def _owned_by(uid: str | None) -> list[dict[str, Any]]:
+    if uid is None:
+        return []
+    return [
+        {"kind": "Other", "uid": "not-the-controller"},
+        {"kind": "Job", "uid": uid, "controller": True},
+    ]
+
+
+def _api_pod(name: str, owner: str | None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "ownerReferences": _owned_by(owner)},
+        "status": {
+            "phase": "Failed",
+            "startTime": "2026-11-22T19:00:00Z",
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "finishedAt": "2026-11-22T19:10:00Z",
+                        }
+                    }
+                }
+            ],
+        },
+    }
+
+
+def test_views_carry_owners_and_times_and_keep_only_the_job_s_own_pods() -> None:
+    job = job_summary(
+        {
+            "metadata": {
+                "name": "grader-v3-train-1",
+                "uid": "job-2",
+                "ownerReferences": _owned_by(UID),
+            }
+        }
+    )
+    pods = [
+        pod_summary(_api_pod("mine", "job-2")),
+        pod_summary(_api_pod("of-a-replaced-job", "job-1")),
+        pod_summary(_api_pod("orphan", None)),
+    ]
+    view = job_view(job, pods)
+    assert view is not None and view.owner_uid == UID
+    (only,) = view.pods
+    assert only.name == "mine" and only.owner_uid == "job-2"
+    assert (only.start_time, only.finished_at) == ("2026-11-22T19:00:00Z", "2026-11-22T19:10:00Z")
+    assert job_summary({"metadata": {"name": "x", "uid": "u"}})["owner_uid"] is None

@@ -13,6 +13,7 @@ from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (
     COMPLETION_INDEX_ANNOTATION,
     Owner,
+    Placement,
     TrainerDefaults,
     build_config_map,
     build_rendezvous_service,
@@ -111,6 +112,43 @@ def test_validation_job_requests_no_gpu_and_reads_only_data_secrets() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+TEAM_TOLERATION = {"key": "team", "value": "ml", "effect": "NoSchedule"}
+PLACEMENTS = {
+    "nothing forced: the tenant's": (
+        Placement(),
+        {"node.kubernetes.io/instance-type": "p4d.24xlarge"},
+        [GPU_TOLERATION],
+    ),
+    "the policy's label wins over the tenant's": (
+        Placement(node_selector={"node.kubernetes.io/instance-type": "a100", "pool": "ml"}),
+        {"node.kubernetes.io/instance-type": "a100", "pool": "ml"},
+        [GPU_TOLERATION],
+    ),
+    "the policy's tolerations are added once": (
+        Placement(tolerations=[GPU_TOLERATION, TEAM_TOLERATION]),
+        {"node.kubernetes.io/instance-type": "p4d.24xlarge"},
+        [GPU_TOLERATION, TEAM_TOLERATION],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PLACEMENTS, ids=list(PLACEMENTS))
+def test_trainer_pods_take_the_forced_placement(case: str) -> None:
+    forced, selector, tolerations = PLACEMENTS[case]
+    job = build_trainer_job(OWNER, _spec(), DEFAULTS, 1, forced)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == selector
+    assert pod["tolerations"] == tolerations
+
+
+def test_validation_pods_take_only_the_forced_placement() -> None:
+    forced = Placement(node_selector={"pool": "ml"}, tolerations=[TEAM_TOLERATION])
+    pod = build_validation_job(OWNER, _spec(), DEFAULTS, forced)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "ml"}
+    assert pod["tolerations"] == [TEAM_TOLERATION]
+
+
 def test_pvc_uris_become_mounts() -> None:
     spec = _spec(
         dataset={**SAMPLE["dataset"], "train": {"uri": "pvc://datasets/grading/train.jsonl"}},
@@ -136,6 +174,13 @@ def test_rendered_config_round_trips_through_the_trainer_validator() -> None:
     assert loaded.distributed.procs_per_node == 8
     assert loaded.deepspeed is not None and loaded.deepspeed.bf16 is True
     assert "secretRef" not in cm["data"]["config.yaml"], "credentials never enter the config"
+
+
+def test_the_data_classification_stays_out_of_the_trainer_config() -> None:
+    spec = _spec(dataset={**SAMPLE["dataset"], "classification": "restricted"})
+    assert spec.dataset.classification == "restricted"
+    config = build_trainer_config(OWNER.name, OWNER.namespace, spec)
+    assert "classification" not in build_config_map(OWNER, config)["data"]["config.yaml"]
 
 
 def test_same_input_same_objects() -> None:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator: reconciles, their duration and errors, objects by phase."""
+"""Prometheus metrics of the operator: reconciles, their duration and errors, objects by phase,
+GPU time used by fine-tunes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ RECONCILES = Counter("whetstone_reconcile", "Reconciles run, by kind.", ["kind"]
 ERRORS = Counter("whetstone_reconcile_errors", "Reconciles that raised, by kind.", ["kind"])
 DURATION = Histogram(
     "whetstone_reconcile_duration_seconds", "Time spent in one reconcile, by kind.", ["kind"]
+)
+GPU_SECONDS = Counter(
+    "whetstone_gpu_seconds",
+    "GPU-seconds used by trainer pods (FineTuneJob status.cost), by namespace and registered "
+    "model (empty when the job registers none).",
+    ["namespace", "model"],
 )
 
 # kind -> (namespace, name) -> phase; fed by the handlers, read at scrape time.

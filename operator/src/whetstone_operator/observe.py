@@ -18,6 +18,14 @@ from whetstone_operator.render.workload import COMPLETION_INDEX_ANNOTATION
 log = logging.getLogger(__name__)
 
 
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (its ownerReference with controller: true)."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid")) if ref.get("uid") else None
+    return None
+
+
 def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a pod the decisions read (kept small: it lives in an index)."""
     meta = body.get("metadata", {})
@@ -26,8 +34,10 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "name": meta.get("name"),
         "phase": status.get("phase", "Pending"),
         "ip": status.get("podIP"),
-        "index": int(meta.get("annotations", {}).get(COMPLETION_INDEX_ANNOTATION, 0) or 0),
+        "index": int((meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, 0) or 0),
         "created": meta.get("creationTimestamp", ""),
+        "start_time": status.get("startTime"),
+        "owner_uid": controller_uid(meta),
     }
     for cs in status.get("containerStatuses", []) or []:
         state = cs.get("state", {}) or {}
@@ -37,6 +47,7 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
                 "exit_code": term.get("exitCode"),
                 "reason": term.get("reason"),
                 "message": term.get("message"),
+                "finished_at": term.get("finishedAt"),
             }
         elif (state.get("waiting") or {}).get("reason"):
             summary |= {
@@ -48,9 +59,12 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Job the decisions read."""
+    meta = body.get("metadata", {}) or {}
     status = body.get("status", {}) or {}
     summary: dict[str, Any] = {
-        "name": body.get("metadata", {}).get("name"),
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "owner_uid": controller_uid(meta),
         "active": status.get("active", 0) or 0,
         "succeeded": status.get("succeeded", 0) or 0,
         "failed": status.get("failed", 0) or 0,
@@ -68,9 +82,11 @@ def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_view(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]) -> JobView | None:
-    """JobView from summaries; pods newest last."""
+    """JobView from summaries; pods newest last. Only the Job's own pods count (a pod with the
+    Job's name in its job-name label may belong to a Job of that name that was replaced)."""
     if job is None:
         return None
+    pods = [p for p in pods if p.get("owner_uid") == job.get("uid")]
     views = tuple(
         PodView(
             name=p["name"],
@@ -80,11 +96,15 @@ def job_view(job: Mapping[str, Any] | None, pods: Iterable[Mapping[str, Any]]) -
             exit_code=p.get("exit_code"),
             reason=p.get("reason"),
             message=p.get("message"),
+            start_time=p.get("start_time"),
+            finished_at=p.get("finished_at"),
+            owner_uid=p.get("owner_uid"),
         )
         for p in sorted(pods, key=lambda p: (p.get("created", ""), p["name"]))
     )
     return JobView(
         name=job["name"],
+        owner_uid=job.get("owner_uid"),
         active=job["active"],
         succeeded=job["succeeded"],
         failed=job["failed"],

@@ -21,6 +21,7 @@ from whetstone_contract.config import (
 from whetstone_contract.result import CheckpointInfo, DataReport, Progress
 from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
 from whetstone_operator.api.modelversion import Gate, MetricValues
+from whetstone_operator.api.platformpolicy import DataClass
 
 
 class BaseModelSpec(ModelSource):
@@ -34,11 +35,17 @@ class BaseModelSpec(ModelSource):
 
 
 class DatasetSource(DatasetSpec):
-    """Training data, its preparation, and the Secret to read it with."""
+    """Training data, its preparation, the Secret to read it with and how sensitive it is."""
 
     secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with credentials for the data's location, exposed as environment.",
+    )
+    classification: DataClass = Field(
+        default="internal",
+        description="How sensitive the data is: public, internal or restricted. The "
+        "PlatformPolicy of the namespace lists the classes allowed (training.dataClasses); "
+        "restricted data also needs dataset.redact and output.encryption.",
     )
 
 
@@ -189,6 +196,45 @@ class FineTuneJobSpec(CamelModel):
         return self
 
 
+class AttemptCost(CamelModel):
+    """GPU time of one trainer run."""
+
+    attempt: int = Field(ge=1, description="Trainer run number (status.attempt of that run).")
+    gpus: int = Field(
+        ge=0, description="GPUs the run requested: resources.nodes x resources.gpusPerNode."
+    )
+    start_time: str | None = Field(
+        default=None, description="When the run's first trainer pod started (RFC 3339)."
+    )
+    end_time: str | None = Field(
+        default=None,
+        description="When the run's last trainer pod finished or was stopped (RFC 3339); "
+        "absent while it runs.",
+    )
+    gpu_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="GPU-seconds of the run: for each of its trainer pods, from the pod's start "
+        "to its container's end (or now, counted in whole minutes while it runs), times "
+        "resources.gpusPerNode. Never decreases.",
+    )
+
+
+class Cost(CamelModel):
+    """GPU time a FineTuneJob has used, in total and per trainer run."""
+
+    gpu_seconds: float = Field(
+        default=0,
+        ge=0,
+        description="GPU-seconds of every trainer run together (the sum of attempts); never "
+        "decreases. The namespace's PlatformPolicy budget counts these.",
+    )
+    attempts: list[AttemptCost] = Field(
+        default_factory=list,
+        description="One entry per trainer run, oldest first; kept when its pods are gone.",
+    )
+
+
 FineTuneJobPhase = Literal["Pending", "Validating", "Running", "Suspended", "Succeeded", "Failed"]
 # A finished FineTuneJob is never reconciled again (unless its spec changes).
 FINETUNEJOB_FINISHED: tuple[FineTuneJobPhase, ...] = ("Succeeded", "Failed")
@@ -229,6 +275,9 @@ class FineTuneJobStatus(StatusBase):
     start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
     completion_time: str | None = Field(
         default=None, description="When the job finished (RFC 3339)."
+    )
+    cost: Cost | None = Field(
+        default=None, description="GPU time used so far, in total and per trainer run."
     )
     spec_fingerprint: str | None = Field(
         default=None,

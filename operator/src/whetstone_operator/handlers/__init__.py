@@ -3,7 +3,14 @@ package registers them all."""
 
 import kopf
 
-from whetstone_operator.handlers import finetunejob, indexes, modelversion, rollout, runtime
+from whetstone_operator.handlers import (
+    finetunejob,
+    indexes,
+    modelversion,
+    platformpolicy,
+    rollout,
+    runtime,
+)
 
 
 def _daemons_without_finalizers(registry: kopf.OperatorRegistry) -> int:
@@ -21,4 +28,4 @@ def _daemons_without_finalizers(registry: kopf.OperatorRegistry) -> int:
 
 _daemons_without_finalizers(kopf.get_default_registry())
 
-__all__ = ["finetunejob", "indexes", "modelversion", "rollout", "runtime"]
+__all__ = ["finetunejob", "indexes", "modelversion", "platformpolicy", "rollout", "runtime"]

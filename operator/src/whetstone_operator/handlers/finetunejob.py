@@ -1,5 +1,6 @@
-"""FineTuneJob: observe its validation and trainer Jobs, the trainer's progress and the
-namespace's ModelVersions; decide (reconcile/finetunejob.py); the loop does the rest."""
+"""FineTuneJob: observe its validation and trainer Jobs, the trainer's progress, the
+namespace's ModelVersions and PlatformPolicy; decide (reconcile/finetunejob.py); the loop does
+the rest."""
 
 from __future__ import annotations
 
@@ -9,20 +10,21 @@ from typing import Any
 
 import kopf
 
-from whetstone_operator import settings
+from whetstone_operator import metrics, settings
 from whetstone_operator.api import GROUP
 from whetstone_operator.api.finetunejob import FINETUNEJOB_FINISHED
 from whetstone_operator.handlers import runtime
 from whetstone_operator.handlers.indexes import MANAGED, all_of, one_of
+from whetstone_operator.handlers.platformpolicy import namespace_policy
 from whetstone_operator.observe import fetch_progress, job_summary, job_view, version_views
-from whetstone_operator.reconcile.core import Obj
+from whetstone_operator.reconcile.core import Decision, Obj, apply_merge_patch
 from whetstone_operator.reconcile.finetunejob import Observed, decide_finetunejob
 from whetstone_operator.render.workload import trainer_job_name, validation_job_name
 
 
 def observe(job: Obj, indexes: Mapping[str, Any], now: datetime) -> Observed:
-    """The children from kopf's ws_jobs, ws_pods and ws_versions indexes, and the running
-    trainer's progress endpoint."""
+    """The children from kopf's ws_jobs, ws_pods and ws_versions indexes, the namespace's
+    policy from the policy indexes, and the running trainer's progress endpoint."""
     ws_jobs, ws_pods, ws_versions = indexes["ws_jobs"], indexes["ws_pods"], indexes["ws_versions"]
     defaults = settings.OPTIONS.trainer
     namespace = job.namespace
@@ -40,7 +42,21 @@ def observe(job: Obj, indexes: Mapping[str, Any], now: datetime) -> Observed:
         checkpoints=checkpoints,
         model_versions=version_views(all_of(ws_versions, namespace)),
         defaults=defaults,
+        policy=namespace_policy(namespace, indexes),
     )
+
+
+def _gpu_seconds(status: Mapping[str, Any]) -> float:
+    return float((status.get("cost") or {}).get("gpuSeconds") or 0)
+
+
+def record(obj: Obj, decision: Decision) -> None:
+    """Add the GPU time this reconcile newly counted to whetstone_gpu_seconds_total."""
+    after = _gpu_seconds(apply_merge_patch(obj.status, decision.status))
+    grown = after - _gpu_seconds(obj.status)
+    if grown > 0:
+        model = str((obj.spec.get("registration") or {}).get("model") or "")
+        metrics.GPU_SECONDS.labels(obj.namespace, model).inc(grown)
 
 
 LOOP = runtime.register(
@@ -51,6 +67,7 @@ LOOP = runtime.register(
         decide=decide_finetunejob,
         period=lambda options: float(options.resync_seconds),
         finished=lambda status: status.get("phase") in FINETUNEJOB_FINISHED,
+        record=record,
     )
 )
 

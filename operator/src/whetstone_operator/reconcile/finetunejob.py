@@ -34,6 +34,8 @@ from whetstone_operator.api.common import (
 )
 from whetstone_operator.api.finetunejob import (
     FINETUNEJOB_FINISHED,
+    AttemptCost,
+    Cost,
     FineTuneJobSpec,
     FineTuneJobStatus,
 )
@@ -47,10 +49,18 @@ from whetstone_operator.api.names import (
     MANAGED_BY,
 )
 from whetstone_operator.reconcile.core import Create, Decision, Delete, Draft, Event, Obj
-from whetstone_operator.reconcile.validation import check_spec
+from whetstone_operator.reconcile.policy import Policy
+from whetstone_operator.reconcile.training_policy import (
+    budget_exhausted,
+    check_training_policy,
+    forced_placement,
+    has_budget,
+)
+from whetstone_operator.reconcile.validation import check_spec, summarize_errors
 from whetstone_operator.render.trainer_config import build_trainer_config
 from whetstone_operator.render.workload import (
     Owner,
+    Placement,
     TrainerDefaults,
     build_config_map,
     build_rendezvous_service,
@@ -92,13 +102,18 @@ class PodView:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    start_time: str | None = None
+    finished_at: str | None = None
+    owner_uid: str | None = None
 
 
 @dataclass(frozen=True)
 class JobView:
-    """What the decision needs to know about one Job."""
+    """What the decision needs to know about one Job. `owner_uid`: the uid of its controller
+    (None when it has none); a Job of ours carries the FineTuneJob's."""
 
     name: str
+    owner_uid: str | None = None
     active: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -128,6 +143,7 @@ class Observed:
     checkpoints: tuple[CheckpointInfo, ...] | None = None
     model_versions: tuple[VersionView, ...] = ()
     defaults: TrainerDefaults = field(default_factory=TrainerDefaults)
+    policy: Policy = field(default_factory=Policy)
 
 
 def _status(raw: dict[str, Any]) -> FineTuneJobStatus:
@@ -319,14 +335,83 @@ def decide_finetunejob(job: Obj, observed: Observed, now: datetime) -> Decision:
         return b.finish()
     assert isinstance(spec, FineTuneJobSpec)
     owner = Owner(job.name, job.namespace, job.uid)
+    conflicts = _child_conflicts(b, observed)
+    # The policy admits a job once, before anything of it is scheduled: a started run is
+    # never stopped by a later policy change.
+    if not _started(b, observed, conflicts) and not _admitted(b, spec, observed.policy, observed):
+        return b.finish()
     if b.status.phase is None:
         b.phase("Pending", "Accepted", "spec is valid; validating data")
 
     changed = _spec_changed(b)
-    if not _decide_data(b, spec, owner, observed, observed.defaults):
+    forced = forced_placement(observed.policy)
+    if not _decide_data(b, spec, owner, observed, forced, conflicts):
         return b.finish()
-    _decide_training(b, spec, owner, observed, observed.defaults, changed)
+    _decide_training(b, spec, owner, observed, forced, conflicts, changed)
     return b.finish()
+
+
+def _started(b: Draft[FineTuneJobStatus], observed: Observed, conflicts: dict[str, str]) -> bool:
+    """Whether anything of this job has been scheduled (its validation Job created)."""
+    vjob = observed.validation_job
+    return (
+        b.status.phase not in (None, "Pending")
+        or b.status.spec_fingerprint is not None
+        or (vjob is not None and vjob.name not in conflicts)
+    )
+
+
+def _admitted(
+    b: Draft[FineTuneJobStatus], spec: FineTuneJobSpec, policy: Policy, observed: Observed
+) -> bool:
+    """The policy check and the GPU budget of a job not started yet: True when it may start;
+    otherwise it waits in Pending with the condition that says why."""
+    violations = check_training_policy(spec, policy, observed.defaults)
+    if violations:
+        message = summarize_errors([v.describe() for v in violations])
+        if b.condition("PolicyAllowed", False, "PolicyViolation", message):
+            b.event("Warning", "PolicyViolation", message)
+        b.status.phase = "Pending"
+        b.status.message = f"not allowed by the platform policy: {message}"
+        return False
+    b.condition("PolicyAllowed", True, "PolicyAllowed", f"allowed by {policy.field('training')}")
+    exhausted = budget_exhausted(policy, b.now)
+    budget = get_condition(b.status.conditions, "BudgetAvailable")
+    if exhausted is not None:
+        b.condition("BudgetAvailable", False, "BudgetExhausted", exhausted)
+        # Once per wait: the spent figure in the message moves while other jobs run.
+        if budget is None or budget.status != "False":
+            b.event("Warning", "BudgetExhausted", exhausted)
+        b.status.phase = "Pending"
+        b.status.message = f"waiting for GPU budget: {exhausted}"
+        return False
+    if has_budget(policy) or budget is not None:
+        b.condition(
+            "BudgetAvailable",
+            True,
+            "BudgetAvailable",
+            f"within {policy.field('training.budget.gpuHoursPerMonth')}",
+        )
+    return True
+
+
+def _child_conflicts(b: Draft[FineTuneJobStatus], observed: Observed) -> dict[str, str]:
+    """Jobs named like this job's children that it does not own, by name -> the message that
+    says so. They are never read or acted on; the ChildConflict condition names them."""
+    conflicts = {
+        j.name: f"Job {j.name} exists but is not owned by this FineTuneJob: delete or rename it"
+        for j in (observed.validation_job, observed.trainer_job)
+        if j is not None and j.owner_uid != b.obj.uid
+    }
+    if conflicts:
+        message = "; ".join(conflicts.values())
+        if b.condition("ChildConflict", True, "ChildConflict", message):
+            b.event("Warning", "ChildConflict", message)
+    else:
+        before = get_condition(b.status.conditions, "ChildConflict")
+        if before is not None and before.status != "False":
+            b.condition("ChildConflict", False, "NoConflict", "every child Job is this job's own")
+    return conflicts
 
 
 def _decide_data(
@@ -334,13 +419,18 @@ def _decide_data(
     spec: FineTuneJobSpec,
     owner: Owner,
     observed: Observed,
-    defaults: TrainerDefaults,
+    forced: Placement,
+    conflicts: dict[str, str],
 ) -> bool:
     """Run the CPU validation pod; True once the data is known good."""
+    defaults = observed.defaults
     validated = get_condition(b.status.conditions, "DataValidated")
     if validated is not None and validated.status == "True":
         return True
     vjob = observed.validation_job
+    if vjob is not None and vjob.name in conflicts:
+        b.status.message = conflicts[vjob.name]
+        return False
     if vjob is None and recently(validated, "Validating", b.now):
         return False
     if vjob is None:
@@ -349,7 +439,7 @@ def _decide_data(
         )
         b.decision.actions += [
             Create(build_config_map(owner, config)),
-            Create(build_validation_job(owner, spec, defaults)),
+            Create(build_validation_job(owner, spec, defaults, forced)),
         ]
         b.status.spec_fingerprint = spec_fingerprint(b.obj.spec)
         b.condition("DataValidated", None, "Validating", "the validation pod checks the data")
@@ -412,11 +502,19 @@ def _decide_training(
     spec: FineTuneJobSpec,
     owner: Owner,
     observed: Observed,
-    defaults: TrainerDefaults,
+    forced: Placement,
+    conflicts: dict[str, str],
     spec_changed: bool = False,
 ) -> None:
+    defaults = observed.defaults
     attempt = max(b.status.attempt, 1)
     tjob = observed.trainer_job
+    resuming = b.status.phase == "Suspended" and not spec.suspend
+    if tjob is not None and tjob.name in conflicts and not resuming:
+        b.status.message = conflicts[tjob.name]
+        return
+    if tjob is not None and not resuming:
+        _record_cost(b, spec, attempt, tjob, stopping=spec.suspend)
     if spec.suspend:
         if tjob is not None:
             b.decision.actions.append(
@@ -448,7 +546,7 @@ def _decide_training(
             b.decision.actions.append(Create(build_config_map(owner, config)))
         if spec.resources.nodes > 1:
             b.decision.actions.append(Create(build_rendezvous_service(owner)))
-        b.decision.actions.append(Create(build_trainer_job(owner, spec, defaults, attempt)))
+        b.decision.actions.append(Create(build_trainer_job(owner, spec, defaults, attempt, forced)))
         b.status.attempt = attempt
         b.status.start_time = b.status.start_time or format_time(b.now)
         b.condition("Training", True, "TrainerStarted", f"trainer run {attempt} started")
@@ -481,6 +579,56 @@ def _decide_training(
         b.status.checkpoints = list(observed.checkpoints[-10:])
     message = _waiting_problem(tjob) or _running_message(b.status.progress, tjob)
     b.phase("Running", "TrainingStarted", message)
+
+
+def _record_cost(
+    b: Draft[FineTuneJobStatus],
+    spec: FineTuneJobSpec,
+    attempt: int,
+    tjob: JobView,
+    stopping: bool,
+) -> None:
+    """status.cost from the trainer pods of `attempt`: (end or now - start) x gpusPerNode each.
+    Figures only grow: pods that are gone (retried, deleted on suspend) keep what they had."""
+    res = spec.resources
+    done = stopping or tjob.complete or tjob.failed_reason is not None
+    pod_seconds = 0.0
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    for pod in tjob.pods:
+        if not pod.start_time:
+            continue
+        start = parse_time(pod.start_time)
+        starts.append(start)
+        if pod.finished_at:
+            end = parse_time(pod.finished_at)
+            ends.append(end)
+            elapsed = (end - start).total_seconds()
+        elif pod.phase in ("Succeeded", "Failed"):
+            continue  # ended without a recorded end: what was counted while it ran stands
+        else:
+            elapsed = (b.now - start).total_seconds()
+            if not done:
+                # Whole minutes while it runs: a figure moving every resync would cost a
+                # status write per running job per resync.
+                elapsed = elapsed // 60 * 60
+        pod_seconds += max(elapsed, 0.0)
+    cost = b.status.cost or Cost()
+    entries = {a.attempt: a for a in cost.attempts}
+    before = entries.get(attempt) or AttemptCost(attempt=attempt, gpus=0)
+    end_time = before.end_time
+    if done:
+        end_time = format_time(max(ends)) if ends and not stopping else format_time(b.now)
+    entries[attempt] = AttemptCost(
+        attempt=attempt,
+        gpus=res.nodes * res.gpus_per_node,
+        start_time=before.start_time or (format_time(min(starts)) if starts else None),
+        end_time=end_time if done else None,
+        gpu_seconds=max(before.gpu_seconds, pod_seconds * res.gpus_per_node),
+    )
+    attempts = [entries[k] for k in sorted(entries)]
+    total = sum(a.gpu_seconds for a in attempts)
+    b.status.cost = Cost(gpu_seconds=max(cost.gpu_seconds, total), attempts=attempts)
 
 
 def _running_message(progress: Progress | None, job: JobView) -> str:

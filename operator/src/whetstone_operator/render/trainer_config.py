@@ -14,10 +14,11 @@ def build_trainer_config(
 ) -> TrainerConfig:
     """The trainer's configuration for FineTuneJob `namespace/name`.
 
-    Credentials (secretRef) stay out: they reach the trainer as environment from Secrets.
+    Credentials (secretRef) stay out: they reach the trainer as environment from Secrets. So
+    does dataset.classification, which only the operator's policy check reads.
     """
     parsed = spec if isinstance(spec, FineTuneJobSpec) else parse_spec(FineTuneJobSpec, spec)
-    dataset = parsed.dataset.model_dump(exclude={"secret_ref"})
+    dataset = parsed.dataset.model_dump(exclude={"secret_ref", "classification"})
     output = OutputSpec.model_validate(parsed.output.model_dump(exclude={"secret_ref"}))
     return TrainerConfig(
         job_name=name,

@@ -68,6 +68,31 @@ class TrainerDefaults:
     image_pull_policy: str = "IfNotPresent"
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Placement the namespace's PlatformPolicy forces onto every trainer and validation pod."""
+
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+
+def place(
+    pod_spec: dict[str, Any],
+    node_selector: dict[str, str],
+    tolerations: list[dict[str, Any]],
+    forced: Placement,
+) -> None:
+    """Set the pod's nodeSelector (`forced` wins over the tenant's labels) and tolerations
+    (`forced` added, each once)."""
+    selector = {**node_selector, **forced.node_selector}
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    merged = list(tolerations)
+    merged += [t for t in forced.tolerations if t not in merged]
+    if merged:
+        pod_spec["tolerations"] = merged
+
+
 def child_name(parent: str, suffix: str, limit: int = 63) -> str:
     """`<parent>-<suffix>`, shortened with a hash when longer than `limit`: Job names end up
     in pod labels, which hold at most 63 characters."""
@@ -233,9 +258,13 @@ def shm_size(spec: FineTuneJobSpec, defaults: TrainerDefaults) -> str:
 
 
 def build_validation_job(
-    owner: Owner, spec: FineTuneJobSpec, defaults: TrainerDefaults
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    defaults: TrainerDefaults,
+    forced: Placement | None = None,
 ) -> dict[str, Any]:
-    """A short CPU-only Job: the trainer image in validate-only mode, no GPU requested."""
+    """A short CPU-only Job: the trainer image in validate-only mode, no GPU requested. It
+    takes none of the tenant's GPU placement, only what the policy forces."""
     claims = pvc_claims(spec)
     container = {
         "name": "validate",
@@ -253,6 +282,15 @@ def build_validation_job(
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": _volumes(owner, claims, shm=None),
+    }
+    place(pod_spec, {}, [], forced or Placement())
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -262,23 +300,21 @@ def build_validation_job(
             "activeDeadlineSeconds": 1800,
             "template": {
                 "metadata": {"labels": labels(owner, "validator")},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security_context(),
-                    "containers": [container],
-                    "volumes": _volumes(owner, claims, shm=None),
-                },
+                "spec": pod_spec,
             },
         },
     }
 
 
 def build_trainer_job(
-    owner: Owner, spec: FineTuneJobSpec, defaults: TrainerDefaults, attempt: int
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    defaults: TrainerDefaults,
+    attempt: int,
+    forced: Placement | None = None,
 ) -> dict[str, Any]:
-    """The trainer Job: one pod per node; for nodes > 1 an Indexed Job with torchrun ranks."""
+    """The trainer Job: one pod per node; for nodes > 1 an Indexed Job with torchrun ranks.
+    `forced`: the policy's placement, over the tenant's."""
     res = spec.resources
     claims = pvc_claims(spec)
     shm = shm_size(spec, defaults)
@@ -337,12 +373,12 @@ def build_trainer_job(
         ]
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    node_selector = {**defaults.node_selector, **res.node_selector}
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    tolerations = res.tolerations or defaults.tolerations
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
+    place(
+        pod_spec,
+        {**defaults.node_selector, **res.node_selector},
+        res.tolerations or defaults.tolerations,
+        forced or Placement(),
+    )
     if res.affinity:
         pod_spec["affinity"] = res.affinity
     if res.priority_class_name:
