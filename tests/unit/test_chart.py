@@ -18,6 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
+from whetstone_operator.api.platformpolicy import PlatformPolicySpec
+
 from tests.conftest import REPO_ROOT
 from tests.unit import kubetools as kt
 
@@ -28,8 +30,30 @@ MONITORING = {
         "dashboard": {"enabled": True},
     }
 }
+# A regulated tier's policy set from values: only the keys given change, the rest keep the
+# chart's defaults.
+REGULATED_POLICY = {
+    "name": "regulated",
+    "spec": {
+        "namespaceSelector": {
+            "matchLabels": {"whetstone.dev/tier": "regulated"},
+            "matchExpressions": [{"key": "team", "operator": "In", "values": ["risk"]}],
+        },
+        "priority": 100,
+        "approval": {"minApprovers": 2, "approverGroups": ["model-risk"]},
+        "training": {
+            "nodeSelector": {"pool": "gpu-regulated"},
+            "dataClasses": ["public", "internal", "restricted"],
+            "requireOutputEncryption": True,
+            "budget": {"gpuHoursPerMonth": 500},
+        },
+        "analysis": {"prometheus": [{"name": "main", "address": "http://prometheus:9090"}]},
+    },
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "policy-override": {"policy": REGULATED_POLICY},
+    "no-policy": {"policy": {"create": False}},
     "namespaced": {"watchNamespaces": ["ml", "research"]},
     "no-webhook": {"webhook": {"enabled": False}, "approval": {"existingSecret": "approvals"}},
     "webhook-operator-managed": {"webhook": {"configurations": "operator"}},
@@ -294,6 +318,20 @@ def test_default_values_satisfy_the_schema() -> None:
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"replicaCount": 3}, "replicaCount"),
         ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"policy": {"name": "Default"}}, "/policy/name"),
+        (
+            {"policy": {"spec": {"approval": {"minApprovers": 0}}}},
+            "/policy/spec/approval/minApprovers",
+        ),
+        ({"policy": {"spec": {"training": {"gpus": 4}}}}, "/policy/spec/training"),
+        (
+            {"policy": {"spec": {"training": {"dataClasses": ["secret"]}}}},
+            "/policy/spec/training/dataClasses/0",
+        ),
+        (
+            {"policy": {"spec": {"analysis": {"prometheus": [{"name": "main"}]}}}},
+            "/policy/spec/analysis/prometheus/0",
+        ),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
 )
@@ -432,12 +470,13 @@ def test_namespaced_mode_peers_and_watches_only_its_namespaces(rendered) -> None
 # ---------------------------------------------------------------- the admission webhook
 
 
-def operator_webhook_handlers() -> dict[str, tuple[str, str]]:
-    """Handler id -> (kopf decorator, plural) of the operator's admission handlers."""
+def operator_webhook_handlers() -> set[tuple[str, str, str]]:
+    """(handler id, kopf decorator, plural) of the operator's admission handlers; one handler
+    id may serve several resources."""
     path = REPO_ROOT / "operator" / "src" / "whetstone_operator" / "webhooks.py"
     if not path.is_file():
         pytest.skip(f"{path} does not exist yet")
-    found = {}
+    found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and ast.unparse(node.func) in {
             "kopf.on.validate",
@@ -445,8 +484,20 @@ def operator_webhook_handlers() -> dict[str, tuple[str, str]]:
         }:
             ids = [k.value.value for k in node.keywords if k.arg == "id"]  # type: ignore[attr-defined]
             plural = node.args[2].value  # type: ignore[attr-defined]
-            found[ids[0]] = (ast.unparse(node.func).rsplit(".", 1)[1], plural)
+            found.add((ids[0], ast.unparse(node.func).rsplit(".", 1)[1], plural))
     return found
+
+
+def chart_webhooks(docs: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Path (the handler id) -> ("mutate" or "validate", webhook) of the rendered configurations."""
+    return {
+        h["clientConfig"]["service"]["path"].lstrip("/"): (kind, h)
+        for kind, config in (
+            ("mutate", kt.one(docs, "MutatingWebhookConfiguration")),
+            ("validate", kt.one(docs, "ValidatingWebhookConfiguration")),
+        )
+        for h in config["webhooks"]
+    }
 
 
 def test_webhook_is_on_by_default_with_chart_written_configurations(rendered) -> None:
@@ -455,15 +506,16 @@ def test_webhook_is_on_by_default_with_chart_written_configurations(rendered) ->
     assert env["WHETSTONE_WEBHOOK_PORT"] == "9443"
     assert env["WHETSTONE_WEBHOOK_HOST"] == "whetstone-webhook.whetstone-system.svc"
     assert "WHETSTONE_WEBHOOK_MANAGED" not in env
-    mutating = kt.one(docs, "MutatingWebhookConfiguration")
-    validating = kt.one(docs, "ValidatingWebhookConfiguration")
-    hooks = {
-        h["clientConfig"]["service"]["path"].lstrip("/"): (kind, h)
-        for kind, config in (("mutate", mutating), ("validate", validating))
-        for h in config["webhooks"]
+    hooks = chart_webhooks(docs)
+    assert len(kt.one(docs, "MutatingWebhookConfiguration")["webhooks"]) == 3
+    assert len(kt.one(docs, "ValidatingWebhookConfiguration")["webhooks"]) == 3
+    served = {
+        (i, k, resource)
+        for i, (k, h) in hooks.items()
+        for rule in h["rules"]
+        for resource in rule["resources"]
     }
-    handlers = operator_webhook_handlers()
-    assert {i: (k, h["rules"][0]["resources"][0]) for i, (k, h) in hooks.items()} == handlers
+    assert served == operator_webhook_handlers()
     service = kt.one(docs, "Service", "whetstone-webhook")
     for _, hook in hooks.values():
         reference = hook["clientConfig"]["service"]
@@ -473,6 +525,10 @@ def test_webhook_is_on_by_default_with_chart_written_configurations(rendered) ->
         assert "namespaceSelector" not in hook
     assert hooks["whetstone-approval"][1]["failurePolicy"] == "Fail"
     assert hooks["whetstone-validate-rollout"][1]["failurePolicy"] == "Ignore"
+    for _, hook in hooks.values():
+        for rule in hook["rules"]:
+            assert rule["apiGroups"] == ["whetstone.dev"] and rule["apiVersions"] == ["v1alpha1"]
+            assert rule["operations"] == ["CREATE", "UPDATE"]
     secret = kt.one(docs, "Secret", "whetstone-webhook-tls")
     assert {h["clientConfig"]["caBundle"] for _, h in hooks.values()} == {secret["data"]["ca.crt"]}
     namespaced = rendered["namespaced"]
@@ -480,6 +536,49 @@ def test_webhook_is_on_by_default_with_chart_written_configurations(rendered) ->
         assert hook["namespaceSelector"]["matchExpressions"] == [
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ml", "research"]}
         ]
+
+
+def test_created_by_webhooks_stamp_jobs_and_versions_and_fail_like_approvals(rendered) -> None:
+    hooks = chart_webhooks(rendered["default"])
+    approval = hooks["whetstone-approval"][1]
+    for kind in ("finetunejob", "modelversion"):
+        handler = f"whetstone-created-by-{kind}"
+        webhook, hook = hooks[handler]
+        assert webhook == "mutate"
+        assert hook["name"] == f"{handler}.whetstone.dev"
+        assert hook["rules"] == [
+            {
+                "apiGroups": ["whetstone.dev"],
+                "apiVersions": ["v1alpha1"],
+                "resources": [f"{kind}s"],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced",
+            }
+        ]
+        assert hook["failurePolicy"] == "Fail"
+        # Same Service, port, CA and timeout as the approval webhook; only the path differs.
+        service = hook["clientConfig"]["service"]
+        assert service["path"] == f"/{handler}"
+        assert {k: v for k, v in service.items() if k != "path"} == {
+            k: v for k, v in approval["clientConfig"]["service"].items() if k != "path"
+        }
+        assert hook["clientConfig"]["caBundle"] == approval["clientConfig"]["caBundle"]
+        assert hook["timeoutSeconds"] == approval["timeoutSeconds"]
+        namespaced = chart_webhooks(rendered["namespaced"])[handler][1]
+        selector = namespaced["namespaceSelector"]["matchExpressions"][0]
+        assert selector["values"] == ["ml", "research"]
+        manager = chart_webhooks(rendered["webhook-cert-manager"])[handler][1]
+        assert "caBundle" not in manager["clientConfig"]
+    swapped = {"webhook": {"approvalFailurePolicy": "Ignore", "validationFailurePolicy": "Fail"}}
+    policies = {i: h["failurePolicy"] for i, (_, h) in chart_webhooks(kt.render(swapped)).items()}
+    assert policies == {
+        "whetstone-approval": "Ignore",
+        "whetstone-created-by-finetunejob": "Ignore",
+        "whetstone-created-by-modelversion": "Ignore",
+        "whetstone-validate-finetunejob": "Fail",
+        "whetstone-validate-modelversion": "Fail",
+        "whetstone-validate-rollout": "Fail",
+    }
 
 
 def test_no_webhook(rendered) -> None:
@@ -573,6 +672,81 @@ def test_every_setting_the_chart_passes_is_read_by_the_operator(rendered) -> Non
         for env in container["env"]:
             if env["name"].startswith("WHETSTONE_"):
                 assert f'"{env["name"]}"' in sources, f"the operator never reads {env['name']}"
+
+
+# ---------------------------------------------------------------- the default PlatformPolicy
+
+
+def rendered_policy(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The chart's PlatformPolicy, checked as the API server and the operator would."""
+    policy = kt.one(docs, "PlatformPolicy")
+    schema, scope = CRD_SCHEMAS[(policy["apiVersion"], "PlatformPolicy")]
+    assert scope == "Cluster" and "namespace" not in policy["metadata"], policy["metadata"]
+    errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(policy)]
+    assert not errors, errors
+    return policy
+
+
+def test_the_default_policy_is_the_api_defaults_written_out(rendered) -> None:
+    for variant in set(VARIANTS) - {"policy-override", "no-policy"}:
+        policy = rendered_policy(rendered[variant])
+        assert policy["metadata"]["name"] == "default", variant
+        assert policy["metadata"]["labels"]["app.kubernetes.io/instance"] == "whetstone"
+        assert PlatformPolicySpec.model_validate(policy["spec"]) == PlatformPolicySpec()
+    # Every field is written out (none left to the API server's defaulting).
+    values = yaml.safe_load((kt.CHART / "values.yaml").read_text())
+    expected = PlatformPolicySpec().wire()
+    expected["namespaceSelector"] = {}
+    assert values["policy"]["spec"] == expected
+    assert kt.one(rendered["default"], "PlatformPolicy")["spec"] == expected
+
+
+def test_a_values_override_reaches_the_policy(rendered) -> None:
+    policy = rendered_policy(rendered["policy-override"])
+    assert policy["metadata"]["name"] == "regulated"
+    spec = PlatformPolicySpec.model_validate(policy["spec"])
+    assert spec.priority == 100
+    assert spec.namespace_selector.matches({"whetstone.dev/tier": "regulated", "team": "risk"})
+    assert not spec.namespace_selector.matches({"whetstone.dev/tier": "regulated"})
+    assert not spec.namespace_selector.matches({})
+    assert spec.approval.min_approvers == 2
+    assert spec.approval.approver_groups == ["model-risk"]
+    assert spec.approval.forbid_self_approval is True, "keys not given keep their defaults"
+    assert spec.training.node_selector == {"pool": "gpu-regulated"}
+    assert spec.training.data_classes == ["public", "internal", "restricted"]
+    assert spec.training.require_output_encryption is True
+    assert spec.training.budget.gpu_hours_per_month == 500
+    assert spec.training.gpu_resource_names == ["nvidia.com/gpu"]
+    assert [e.name for e in spec.analysis.prometheus] == ["main"]
+
+
+def test_policy_create_false_renders_no_policy(rendered) -> None:
+    assert not kt.select(rendered["no-policy"], "PlatformPolicy")
+    assert kt.select(rendered["no-policy"], "Deployment"), "only the policy is left out"
+
+
+def _draft7(node: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema node as values.schema.json holds it: no x-kubernetes-* extensions, and
+    unknown keys refused (the API server would prune them without a word)."""
+    out = {k: v for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in out:
+        out["properties"] = {k: _draft7(v) for k, v in out["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    for key in ("items", "additionalProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = _draft7(out[key])
+    return out
+
+
+def test_the_values_schema_of_policy_spec_follows_the_crd() -> None:
+    schema = json.loads((kt.CHART / "values.schema.json").read_text())
+    crd, _ = CRD_SCHEMAS[("whetstone.dev/v1alpha1", "PlatformPolicy")]
+    expected = _draft7(crd["properties"]["spec"])
+    actual = schema["properties"]["policy"]["properties"]["spec"]
+    assert actual == expected, (
+        "values.schema.json properties.policy.properties.spec drifts from the PlatformPolicy "
+        "CRD; it should be:\n" + json.dumps(expected, indent=2)
+    )
 
 
 # ---------------------------------------------------------------- observability
@@ -824,6 +998,7 @@ def test_kustomize_overlays_render_and_validate(overlay: str, kustomized) -> Non
         "finetunejobs.whetstone.dev",
         "modelversions.whetstone.dev",
         "rollouts.whetstone.dev",
+        "platformpolicies.whetstone.dev",
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
     }

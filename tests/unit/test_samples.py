@@ -11,6 +11,8 @@ import yaml
 
 from whetstone_operator.api import KINDS
 from whetstone_operator.api.errors import SpecError, parse_spec
+from whetstone_operator.api.platformpolicy import PlatformPolicySpec
+from whetstone_operator.reconcile.policy import PolicyEntry, policy_for
 
 from tests.conftest import REPO_ROOT, sample_header
 
@@ -53,3 +55,36 @@ def test_invalid_sample_names_the_field(path: Path) -> None:
     matching = [m for m in info.value.messages if m.startswith(header["field"] + ":")]
     assert matching, f"no error on {header['field']}: {info.value.messages}"
     assert any(header["error"] in m for m in matching), info.value.messages
+
+
+def _policy(name: str) -> dict[str, Any]:
+    obj = yaml.safe_load((SAMPLES / f"platformpolicy-{name}.yaml").read_text())
+    assert obj["kind"] == "PlatformPolicy" and "namespace" not in obj["metadata"], "cluster-scoped"
+    return obj
+
+
+def test_the_default_policy_sample_is_the_api_defaults_and_the_charts() -> None:
+    sample = _policy("default")
+    assert PlatformPolicySpec.model_validate(sample["spec"]) == PlatformPolicySpec()
+    values = yaml.safe_load((REPO_ROOT / "charts" / "whetstone" / "values.yaml").read_text())
+    assert sample["metadata"]["name"] == values["policy"]["name"]
+    assert sample["spec"] == values["policy"]["spec"]
+
+
+def test_the_regulated_policy_sample_governs_only_the_labelled_namespaces() -> None:
+    entries = [
+        PolicyEntry(name=obj["metadata"]["name"], spec=obj["spec"])
+        for obj in (_policy("default"), _policy("regulated"))
+    ]
+    regulated = policy_for("risk", {"whetstone.dev/tier": "regulated"}, entries)
+    assert regulated.name == "regulated"
+    rules = regulated.spec
+    assert rules.approval.min_approvers == 2 and rules.approval.approver_groups
+    assert rules.training.images and all("@sha256:" in i for i in rules.training.images)
+    assert rules.training.node_selector and rules.training.tolerations
+    assert "restricted" in rules.training.data_classes
+    assert rules.training.require_output_encryption
+    assert rules.training.budget.gpu_hours_per_month == 500
+    assert [e.name for e in rules.analysis.prometheus] == ["regulated"]
+    for labels in ({}, {"whetstone.dev/tier": "standard"}):
+        assert policy_for("ml", labels, entries).name == "default"
