@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback for the integration tests.
 
 etcd + kube-apiserver (RBAC, token file, TokenRequest) + kube-controller-manager
-(Job controller, garbage collector, namespace and service-account controllers),
+(Job controller, garbage collector, namespace and service-account controllers,
+ClusterRole aggregation),
 each in its own process group, on free loopback ports, in a temp dir. There is
 no scheduler and no kubelet: :class:`Kubelet` plays the kubelet by writing pod
 status and :class:`KServe` plays the KServe controller by writing
@@ -19,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import http.client
 import json
 import os
 import re
@@ -53,7 +55,11 @@ JSON = dict[str, Any]
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
-CONTROLLERS = "job,garbagecollector,namespace,serviceaccount"
+# clusterrole-aggregation fills the built-in edit/view/admin roles from the chart's
+# aggregate-to-* ClusterRoles, as on a real cluster.
+CONTROLLERS = "job,garbagecollector,namespace,serviceaccount,clusterrole-aggregation"
+# The operator's key for signed approval/verification records in tests (see operator_running).
+APPROVAL_KEY = "integration-key"
 
 
 # --------------------------------------------------------------------------- processes
@@ -318,13 +324,31 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class Kube:
-    """Minimal JSON client for the Kubernetes REST API (bearer-token auth)."""
+    """Minimal JSON client for the Kubernetes REST API (bearer-token auth).
 
-    def __init__(self, server: str, token: str, ca_file: Path, *, timeout: float = 30) -> None:
+    With ``impersonate_user`` every request acts as that user and ``impersonate_groups``
+    (exactly those groups: add ``system:authenticated`` for discovery and the like).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        ca_file: Path,
+        *,
+        timeout: float = 30,
+        impersonate_user: str | None = None,
+        impersonate_groups: Sequence[str] = (),
+    ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.impersonate_user = impersonate_user
+        self.impersonate_groups = tuple(impersonate_groups)
+        if self.impersonate_groups and not impersonate_user:
+            raise ValueError("impersonating groups needs a user")
         self._ssl = ssl.create_default_context(cafile=str(ca_file))
+        self._url = urllib.parse.urlsplit(self.server)
 
     def request(
         self,
@@ -335,25 +359,38 @@ class Kube:
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
     ) -> JSON:
-        url = self.server + path
+        target = self._url.path + path
         if query:
-            url += "?" + urllib.parse.urlencode(query)
+            target += "?" + urllib.parse.urlencode(query)
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {self.token}")
-        req.add_header("Accept", "application/json")
+        headers = [("Authorization", f"Bearer {self.token}"), ("Accept", "application/json")]
         if data is not None:
-            req.add_header("Content-Type", content_type)
+            headers += [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+        if self.impersonate_user:
+            headers.append(("Impersonate-User", self.impersonate_user))
+            # One header per group: urllib folds repeated headers, so http.client it is.
+            headers += [("Impersonate-Group", group) for group in self.impersonate_groups]
+        conn = http.client.HTTPSConnection(
+            self._url.hostname or "127.0.0.1",
+            self._url.port,
+            timeout=self.timeout,
+            context=self._ssl,
+        )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            conn.putrequest(method, target)
+            for name, value in headers:
+                conn.putheader(name, value)
+            conn.endheaders(data)
+            resp = conn.getresponse()
+            status, raw = resp.status, resp.read()
+        finally:
+            conn.close()
+        if not 200 <= status < 300:
             try:
                 parsed: JSON | str = json.loads(raw)
             except ValueError:
                 parsed = raw.decode(errors="replace")
-            raise ApiError(method, path, exc.code, parsed) from None
+            raise ApiError(method, path, status, parsed)
         if not raw:
             return {}
         try:
@@ -412,9 +449,24 @@ class Kube:
 
 
 def write_kubeconfig(
-    path: Path, server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None
+    path: Path,
+    server: str,
+    ca_pem: bytes,
+    user: str,
+    token: str,
+    namespace: str | None = None,
+    *,
+    impersonate_user: str | None = None,
+    impersonate_groups: Sequence[str] = (),
 ) -> Path:
+    """A kubeconfig with a bearer token; with ``impersonate_user`` (kubeconfig ``as`` and
+    ``as-groups``) every client of it acts as that user, like ``kubectl --as --as-group``."""
     context: JSON = {"cluster": "whetstone-test", "user": user}
+    auth: JSON = {"token": token}
+    if impersonate_user:
+        auth["as"] = impersonate_user
+        if impersonate_groups:
+            auth["as-groups"] = list(impersonate_groups)
     if namespace:
         context["namespace"] = namespace
     config = {
@@ -429,7 +481,7 @@ def write_kubeconfig(
                 },
             }
         ],
-        "users": [{"name": user, "user": {"token": token}}],
+        "users": [{"name": user, "user": auth}],
         "contexts": [{"name": "whetstone-test", "context": context}],
         "current-context": "whetstone-test",
     }
@@ -665,6 +717,31 @@ class ControlPlane:
 
     def client(self, token: str) -> Kube:
         return Kube(self.server, token, self.ca_file)
+
+    def impersonating(self, user: str, groups: Sequence[str]) -> Kube:
+        """A client with the admin token that acts as ``user`` in exactly ``groups``."""
+        return Kube(
+            self.server,
+            self.admin_token,
+            self.ca_file,
+            impersonate_user=user,
+            impersonate_groups=groups,
+        )
+
+    def impersonating_kubeconfig(
+        self, path: Path, user: str, groups: Sequence[str], namespace: str | None = None
+    ) -> Path:
+        """A kubeconfig at ``path`` (admin token, ``as``/``as-groups``) acting as ``user``."""
+        return write_kubeconfig(
+            path,
+            self.server,
+            self.ca_file.read_bytes(),
+            user,
+            self.admin_token,
+            namespace,
+            impersonate_user=user,
+            impersonate_groups=groups,
+        )
 
     def kubectl(
         self,
@@ -1092,7 +1169,16 @@ def operator_running(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[OperatorProcess]:
-    full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", **(env or {})}
+    """The operator as a subprocess; unless ``env`` says otherwise it signs approval and
+    verification records with :data:`APPROVAL_KEY`, so they survive a restart."""
+    inherited = {k: v for k, v in os.environ.items() if k != "WHETSTONE_APPROVAL_KEY_FILE"}
+    full_env = {
+        **inherited,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONUNBUFFERED": "1",
+        "WHETSTONE_APPROVAL_KEY": APPROVAL_KEY,
+        **(env or {}),
+    }
     # Never let the test runner's in-cluster hints leak into the operator.
     full_env.pop("KUBERNETES_SERVICE_HOST", None)
     op = OperatorProcess(list(argv or operator_argv()), log_path, full_env)
@@ -1105,17 +1191,20 @@ def operator_running(
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 
 
-def render_chart_rbac(
-    helm: Path, chart: Path, release: str, namespace: str, values: Sequence[str] = ()
-) -> tuple[list[JSON], str] | None:
-    """``helm template`` the chart and keep only its identity and RBAC objects.
+CHART = REPO_ROOT / "charts" / "whetstone"
+USER_ROLES_TEMPLATE = "templates/rbac-users.yaml"
 
-    Returns (objects, service account name), or None when the chart has no
-    templates yet. Running the operator under exactly these objects is what
-    makes a missing or excessive permission show up in tests.
-    """
-    if not (chart / "templates").is_dir():
-        return None
+
+def helm_template(
+    helm: Path,
+    chart: Path,
+    release: str,
+    namespace: str,
+    values: Sequence[str] = (),
+    show_only: Sequence[str] = (),
+) -> list[tuple[str, JSON]]:
+    """``helm template`` (``--set`` values, ``--show-only`` templates) as (template, object)
+    pairs, the template named as in its ``# Source:`` line (``templates/x.yaml``)."""
     home = make_temp_dir("whetstone-helm-")
     try:
         env = {
@@ -1127,6 +1216,8 @@ def render_chart_rbac(
         args = [str(helm), "template", release, str(chart), "--namespace", namespace]
         for value in values:
             args += ["--set", value]
+        for template in show_only:
+            args += ["--show-only", template]
         out = subprocess.run(
             args, capture_output=True, text=True, env=env, check=False, timeout=120
         )
@@ -1134,7 +1225,34 @@ def render_chart_rbac(
             raise RuntimeError(f"helm template failed:\n{out.stderr}")
     finally:
         remove_temp_dir(home)
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d and d.get("kind") in RBAC_KINDS]
+    rendered: list[tuple[str, JSON]] = []
+    for chunk in re.split(r"^---\s*$", out.stdout, flags=re.MULTILINE):
+        doc = yaml.safe_load(chunk)
+        if not doc:
+            continue
+        source = re.search(r"^# Source: [^/\n]+/(\S+)", chunk, re.MULTILINE)
+        rendered.append((source.group(1) if source else "", doc))
+    return rendered
+
+
+def render_chart_rbac(
+    helm: Path, chart: Path, release: str, namespace: str, values: Sequence[str] = ()
+) -> tuple[list[JSON], str] | None:
+    """``helm template`` the chart and keep only the operator's identity and RBAC objects.
+
+    Returns (objects, service account name), or None when the chart has no
+    templates yet. Running the operator under exactly these objects is what
+    makes a missing or excessive permission show up in tests. The user roles of
+    rbac-users.yaml are left out: they are fixed names shared by every release,
+    installed once per control plane (:func:`render_chart_user_roles`).
+    """
+    if not (chart / "templates").is_dir():
+        return None
+    docs = [
+        doc
+        for template, doc in helm_template(helm, chart, release, namespace, values)
+        if doc.get("kind") in RBAC_KINDS and template != USER_ROLES_TEMPLATE
+    ]
     accounts = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
     if not accounts:
         return None
@@ -1142,6 +1260,12 @@ def render_chart_rbac(
         if doc["kind"] in {"ServiceAccount", "Role", "RoleBinding"}:
             doc["metadata"].setdefault("namespace", namespace)
     return docs, accounts[0]
+
+
+def render_chart_user_roles(helm: Path, chart: Path = CHART) -> list[JSON]:
+    """The chart's ClusterRoles for users (rbac-users.yaml), with its default values."""
+    rendered = helm_template(helm, chart, "whetstone", "default", show_only=[USER_ROLES_TEMPLATE])
+    return [doc for _, doc in rendered if doc.get("kind") == "ClusterRole"]
 
 
 CLUSTER_SCOPED = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
@@ -1154,9 +1278,7 @@ def chart_rbac_applied(
     """The chart's ServiceAccount and RBAC (``--set`` values) applied in ``namespace``; yields
     (service account, a kubeconfig of its token). The cluster-scoped objects, which outlive
     the namespace, are deleted afterwards."""
-    rendered = render_chart_rbac(
-        plane.tools.helm, REPO_ROOT / "charts" / "whetstone", release, namespace, values
-    )
+    rendered = render_chart_rbac(plane.tools.helm, CHART, release, namespace, values)
     if rendered is None:
         raise RuntimeError("charts/whetstone renders no ServiceAccount for the operator")
     docs, account = rendered

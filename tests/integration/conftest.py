@@ -19,6 +19,8 @@ import pytest
 # cluster.py sits beside this file; make it importable however pytest was invoked.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tenancy import APPROVER_ROLE, Tenant, install_user_roles, service_account_tenant, user_tenant
+
 from cluster import (
     CRD_DIR,
     ISVC_CRD,
@@ -66,6 +68,11 @@ def control_plane(toolchain: Toolchain) -> Iterator[ControlPlane]:
         pytest.fail(f"control plane did not start: {exc}", pytrace=False)
     _started.append(plane)
     try:
+        install_user_roles(plane)
+    except Exception as exc:
+        plane.stop()
+        pytest.fail(f"the chart's user ClusterRoles did not aggregate: {exc}", pytrace=False)
+    try:
         yield plane
     finally:
         plane.stop()
@@ -97,6 +104,40 @@ def kubelet(kube: Kube) -> Kubelet:
 @pytest.fixture(scope="session")
 def kserve(kube: Kube) -> KServe:
     return KServe(kube)
+
+
+@pytest.fixture(scope="session")
+def tenant(control_plane: ControlPlane) -> Callable[..., Tenant]:
+    """``tenant(namespace, user="mallory", groups=("tenants",))``: ``user`` holding the
+    built-in ``edit`` role in ``namespace`` (a RoleBinding), as tenants really get it; the
+    :class:`Tenant` acts as that user (``.kube``, ``.kubeconfig``, ``.kubectl(...)``)."""
+
+    def make(namespace: str, user: str = "mallory", groups: Sequence[str] = ("tenants",)) -> Tenant:
+        return user_tenant(control_plane, namespace, user, groups)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def approver(control_plane: ControlPlane) -> Callable[..., Tenant]:
+    """``approver(namespace, user="alice", groups=("reviewers",))``: like ``tenant`` and also
+    bound to the chart's ``whetstone-approver`` ClusterRole in ``namespace``."""
+
+    def make(namespace: str, user: str = "alice", groups: Sequence[str] = ("reviewers",)) -> Tenant:
+        return user_tenant(control_plane, namespace, user, groups, ("edit", APPROVER_ROLE))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def sa_approver(control_plane: ControlPlane) -> Callable[..., Tenant]:
+    """``sa_approver(namespace, name="release-bot")``: a ServiceAccount of ``namespace`` bound
+    to ``edit`` and ``whetstone-approver`` there, acting with its own TokenRequest token."""
+
+    def make(namespace: str, name: str = "release-bot") -> Tenant:
+        return service_account_tenant(control_plane, namespace, name)
+
+    return make
 
 
 @pytest.fixture
