@@ -8,6 +8,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -53,6 +54,41 @@ RESULT = {
 
 def ftj_path(ns: str, name: str | None = None) -> str:
     return resource_path(API, "finetunejobs", ns, name)
+
+
+POLICY_LABEL = "whetstone.dev/test-policy"
+
+
+def policy_path(name: str | None = None) -> str:
+    return resource_path(API, "platformpolicies", None, name)
+
+
+@pytest.fixture(autouse=True)
+def tenant_policy(kube: Kube, namespace: str) -> Iterator[str]:
+    """A PlatformPolicy for this test's namespace that allows the sample: the built-in
+    default lets tenants add no toleration, and the sample asks for the GPU taint's."""
+    name = f"ftj-{namespace}"[:63]
+    kube.patch(
+        resource_path("v1", "namespaces", name=namespace),
+        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
+    )
+    kube.create(
+        policy_path(),
+        {
+            "apiVersion": API,
+            "kind": "PlatformPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
+                "priority": 100,
+                "training": {"tolerations": SAMPLE["spec"]["resources"]["tolerations"]},
+            },
+        },
+    )
+    try:
+        yield name
+    finally:
+        kube.delete(policy_path(name))
 
 
 def finetunejob(name: str, **spec_changes: Any) -> dict[str, Any]:
@@ -147,6 +183,10 @@ def set_pod_ip(kube: Kube, ns: str, pod: str, ip: str) -> None:
         return obj
 
     kube.update_with_retry(path, mutate)
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
 
 
 def events_for(kube: Kube, ns: str, name: str) -> list[str]:
@@ -298,7 +338,9 @@ def test_bad_data_fails_without_any_gpu_pod(
     assert obj["status"]["dataReport"]["invalidLines"] == report["invalidLines"]
     assert "train.jsonl:3" in obj["status"]["message"]
     pods = kubelet.pods(ns)
-    assert all("nvidia.com/gpu" not in json.dumps(p["spec"]) for p in pods)
+    # The policy's tolerations reach the validation pod too; GPUs never do.
+    containers = [c for p in pods for c in p["spec"]["containers"]]
+    assert containers and all("gpu" not in json.dumps(c.get("resources")) for c in containers)
     assert [j["metadata"]["name"] for j in jobs(kube, ns)] == [f"{name}-validate"]
 
 
@@ -470,3 +512,69 @@ def test_a_secret_value_never_leaves_its_secret(
     for kind, items in seen.items():
         assert sentinel not in json.dumps(items), f"the secret value leaked into {kind}"
     assert sentinel not in op.logs()
+
+
+def test_the_platform_policy_admits_places_and_counts_gpu_time(
+    kube: Kube,
+    kubelet: Kubelet,
+    namespace: str,
+    tenant_policy: str,
+    start_operator: Callable[[], Any],
+) -> None:
+    """A job over the policy's GPU limit waits in Pending with nothing created; the raised
+    limit starts it, with the policy's node label forced onto its pods; its GPU time is in
+    status.cost."""
+    ns, name = namespace, "governed"
+    kube.patch(policy_path(tenant_policy), {"spec": {"training": {"maxGPUsPerJob": 4}}})
+    start_operator()
+    kube.create(ftj_path(ns), finetunejob(name))
+    obj = wait_status(
+        kube,
+        ns,
+        name,
+        lambda s: condition(s, "PolicyAllowed").get("status") == "False",
+        "PolicyAllowed False",
+    )
+    message = condition(obj["status"], "PolicyAllowed")["message"]
+    assert "spec.resources.gpusPerNode" in message, message
+    assert f"PlatformPolicy {tenant_policy} spec.training.maxGPUsPerJob" in message, message
+    assert obj["status"]["phase"] == "Pending"
+    time.sleep(3)  # three resyncs: still nothing created, one Event
+    assert jobs(kube, ns) == []
+    assert events_for(kube, ns, name).count("PolicyViolation") == 1
+
+    kube.patch(
+        policy_path(tenant_policy),
+        {"spec": {"training": {"maxGPUsPerJob": 8, "nodeSelector": {"pool": "training"}}}},
+    )
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Validating", "Validating")
+    assert condition(obj["status"], "PolicyAllowed")["status"] == "True"
+    (vjob,) = jobs(kube, ns)
+    assert vjob["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "training"}
+    tjob = drive_to_training(kube, kubelet, ns, name)
+    assert tjob["spec"]["template"]["spec"]["nodeSelector"] == {
+        **SAMPLE["spec"]["resources"]["nodeSelector"],
+        "pool": "training",
+    }
+
+    (tpod,) = kubelet.wait_job_pods(ns, f"{name}-train-1")
+    kubelet.run(ns, tpod["metadata"]["name"])
+    time.sleep(1.5)
+    done = kubelet.succeed(ns, tpod["metadata"]["name"], message=json.dumps(RESULT))
+    obj = wait_status(kube, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    started = done["status"]["startTime"]
+    finished = done["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    assert seconds >= 1
+    assert obj["status"]["cost"] == {
+        "gpuSeconds": seconds * 8,
+        "attempts": [
+            {
+                "attempt": 1,
+                "gpus": 8,
+                "startTime": started,
+                "endTime": finished,
+                "gpuSeconds": seconds * 8,
+            }
+        ],
+    }

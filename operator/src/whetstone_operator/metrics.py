@@ -22,24 +22,21 @@ GPU_SECONDS = Counter(
 )
 
 # kind -> (namespace, name) -> phase; fed by the handlers, read at scrape time.
-_PHASES: dict[str, dict[tuple[str, str], str]] = {
-    "FineTuneJob": {},
-    "ModelVersion": {},
-    "Rollout": {},
-}
+_PHASES: dict[str, dict[tuple[str, str], str]] = {}
 _GAUGES = {
     "FineTuneJob": "whetstone_finetunejobs",
     "ModelVersion": "whetstone_modelversions",
     "Rollout": "whetstone_rollouts",
+    "PlatformPolicy": "whetstone_platformpolicies",
 }
 
 
 def record_phase(kind: str, namespace: str, name: str, phase: str | None) -> None:
     """Remember the phase of an object (None forgets it, e.g. on deletion)."""
     if phase is None:
-        _PHASES[kind].pop((namespace, name), None)
+        _PHASES.get(kind, {}).pop((namespace, name), None)
     else:
-        _PHASES[kind][(namespace, name)] = phase
+        _PHASES.setdefault(kind, {})[(namespace, name)] = phase
 
 
 class _PhaseCollector(Collector):
@@ -49,7 +46,7 @@ class _PhaseCollector(Collector):
                 metric, f"{kind} objects by namespace and phase.", labels=["namespace", "phase"]
             )
             counts: dict[tuple[str, str], int] = {}
-            for (namespace, _), phase in _PHASES[kind].items():
+            for (namespace, _), phase in _PHASES.get(kind, {}).items():
                 counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
             for (namespace, phase), count in sorted(counts.items()):
                 family.add_metric([namespace, phase], count)
