@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from whetstone_contract.result import CheckpointInfo, Progress
 from whetstone_operator.api.platformpolicy import NamespaceSpend, PlatformPolicySpec
+from whetstone_operator.handlers.finetunejob import record
 from whetstone_operator.observe import job_summary, job_view, pod_summary
-from whetstone_operator.reconcile.core import Create, Delete, Obj, apply_merge_patch
+from whetstone_operator.reconcile.core import Create, Decision, Delete, Obj, apply_merge_patch
 from whetstone_operator.reconcile.finetunejob import (
     JobView,
     Observed,
@@ -780,3 +782,25 @@ def test_views_carry_owners_and_times_and_keep_only_the_job_s_own_pods() -> None
     assert only.name == "mine" and only.owner_uid == "job-2"
     assert (only.start_time, only.finished_at) == ("2026-11-22T19:00:00Z", "2026-11-22T19:10:00Z")
     assert job_summary({"metadata": {"name": "x", "uid": "u"}})["owner_uid"] is None
+
+
+COUNTED = {
+    "a first figure is added": (None, {"cost": {"gpuSeconds": 480.0}}, 480.0),
+    "growth is added": ({"gpuSeconds": 480.0}, {"cost": {"gpuSeconds": 960.0}}, 480.0),
+    "an unchanged figure adds nothing": ({"gpuSeconds": 480.0}, {"phase": "Running"}, 0.0),
+}
+
+
+@pytest.mark.parametrize("name", COUNTED, ids=list(COUNTED))
+def test_the_gpu_seconds_counter_grows_by_what_a_decision_adds(name: str) -> None:
+    before, patch, added = COUNTED[name]
+    namespace = "cost-" + name.replace(" ", "-")
+    labels = {"namespace": namespace, "model": "grader"}
+    status = {"cost": before} if before else {}
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("whetstone_gpu_seconds_total", labels) or 0.0
+
+    start = counted()
+    record(Obj("grader-v3", namespace, UID, 1, SPEC, status), Decision(status=patch))
+    assert counted() - start == added
