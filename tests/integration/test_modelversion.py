@@ -279,13 +279,13 @@ def test_operator_restart_during_verification_duplicates_nothing(
     config = control_plane.sa_kubeconfig(ns, operator_rbac)
     env = {"WHETSTONE_RESYNC_SECONDS": "1"}
     op = operator_process(config, args=["--namespace", ns], env=env)
-    kube.create(mv_path(ns), version(name, approval={"required": False}))
+    kube.create(mv_path(ns), version(name))
     kubelet.wait_job_pods(ns, f"{name}-verify")
     op.process.signal_group(9)
     op.process.popen.wait(10)
     operator_process(config, args=["--namespace", ns], env=env)
     finish_verify(kubelet, ns, name, ok=True)
-    obj = wait_phase(kube, ns, name, "Approved")
+    obj = wait_phase(kube, ns, name, "Verified")
     assert obj["status"]["verifiedDigest"] == DIGEST
     jobs = kube.list(resource_path("batch/v1", "jobs", ns))
     assert [j["metadata"]["name"] for j in jobs] == [f"{name}-verify"]

@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import yaml
 from faultproxy import FaultPlan, FaultProxy
-from test_rollout import FakeKServe, create_inference_service, write_model_version_status
+from signed import sign_model_version
+from test_rollout import FakeKServe, create_inference_service
 
 from whetstone_operator.render.workload import trainer_job_name, validation_job_name
 
@@ -82,6 +83,7 @@ API = "whetstone.dev/v1alpha1"
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
 CORPUS = REPO_ROOT / "manifests" / "samples" / "bad-input"
 PLURALS = {"FineTuneJob": "finetunejobs", "ModelVersion": "modelversions", "Rollout": "rollouts"}
+CLUSTER_PLURALS = {"PlatformPolicy": "platformpolicies"}
 OPERATOR_ENV = {
     "WHETSTONE_RESYNC_SECONDS": "1",
     "WHETSTONE_TRAINER_IMAGE": "registry.local/whetstone-trainer:test",
@@ -127,6 +129,8 @@ ROLLOUT_FIELDS = (
 
 
 def path(kind: str, ns: str, name: str | None = None, sub: str | None = None) -> str:
+    if kind in CLUSTER_PLURALS:
+        return resource_path(API, CLUSTER_PLURALS[kind], None, name, sub)
     return resource_path(API, PLURALS[kind], ns, name, sub)
 
 
@@ -342,11 +346,10 @@ def rollout_rig(kube: Kube, ns: str, name: str, create_after: float) -> RolloutR
                         "format": "merged",
                         "digest": "sha256:" + "ab" * 32,
                     },
-                    "approval": {"required": False},
                 },
             },
         )
-        write_model_version_status(kube, ns, mv, approved=True)
+        sign_model_version(kube, ns, mv)
     return rig
 
 
@@ -968,6 +971,7 @@ def test_bad_input_corpus_is_refused_and_the_operator_survives(
     awaiting: dict[str, tuple[str, str, str]] = {}
     refused: Counter[str] = Counter()
     started = time.monotonic()
+    cluster_scoped: list[str] = []
     for file in files:
         head = sample_header(file)
         field_, refuser = head["field"], head["refused-by"]
@@ -975,6 +979,8 @@ def test_bad_input_corpus_is_refused_and_the_operator_survives(
         kind, name = docs[0]["kind"], docs[0]["metadata"]["name"]
         try:
             kube.create(path(kind, namespace), docs[0])
+            if kind in CLUSTER_PLURALS:
+                cluster_scoped.append(path(kind, namespace, name))
         except ApiError as exc:
             allowed = refuser == "schema" or (cel and refuser == "operator")
             # The 1.20 API server names list items without their index: spec.gates.metric.
@@ -1018,6 +1024,9 @@ def test_bad_input_corpus_is_refused_and_the_operator_survives(
         wait_for(marked, timeout=90, what="Valid=False on every object the schema lets through")
     except TimeoutError:
         problems.append(f"never marked Valid=False: {sorted(awaiting)}")
+    finally:
+        for where in cluster_scoped:
+            kube.delete(where)
     log = webhook_operator.logs()
     jobs = [
         j["metadata"]["name"]

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from prometheus import find_or_install  # hack/, put on sys.path by cluster
+from signed import sign_model_version
 
 from whetstone_operator import analysis
+from whetstone_operator.api.names import ROLLOUT_TARGET_ANNOTATION
 
 from cluster import (
     ApiError,
@@ -329,6 +331,7 @@ def ro_path(namespace: str, name: str | None = None) -> str:
 def create_model_version(
     kube: Kube, namespace: str, name: str, version: int, uri: str, *, approved: bool = True
 ) -> None:
+    """A ModelVersion whose artifact the operator verified, approved by alice unless said."""
     kube.create(
         mv_path(namespace),
         {
@@ -340,40 +343,15 @@ def create_model_version(
                 "version": version,
                 "artifact": {"uri": uri, "format": "merged", "digest": DIGEST},
                 "baseModel": {"uri": "hf://meta-llama/Llama-3.2-1B-Instruct"},
-                "approval": {"required": not approved},
             },
         },
     )
-    write_model_version_status(kube, namespace, name, approved=approved)
+    sign_model_version(kube, namespace, name, approvers=("alice",) if approved else ())
 
 
-def write_model_version_status(kube: Kube, namespace: str, name: str, *, approved: bool) -> None:
-    """As admin, what the ModelVersion reconciler reports for a verified version."""
-    stamp = now_rfc3339()
-
-    def cond(kind: str, ok: bool) -> dict[str, str]:
-        return {
-            "type": kind,
-            "status": "True" if ok else "False",
-            "reason": "Test",
-            "message": "set by the test",
-            "lastTransitionTime": stamp,
-        }
-
-    kube.patch(
-        mv_path(namespace, name, "status"),
-        {
-            "status": {
-                "phase": "Approved" if approved else "Verified",
-                "verifiedDigest": DIGEST,
-                "conditions": [
-                    cond("ArtifactVerified", True),
-                    cond("GatesPassed", True),
-                    cond("Approved", approved),
-                ],
-            }
-        },
-    )
+def approve(kube: Kube, namespace: str, name: str) -> None:
+    """alice approves (the record the approval webhook would write)."""
+    sign_model_version(kube, namespace, name, approvers=("alice",))
 
 
 def create_inference_service(
@@ -384,7 +362,8 @@ def create_inference_service(
         {
             "apiVersion": ISVC_API,
             "kind": "InferenceService",
-            "metadata": {"name": name},
+            # Its owner lets the Rollout of the same name drive it.
+            "metadata": {"name": name, "annotations": {ROLLOUT_TARGET_ANNOTATION: name}},
             "spec": {
                 "predictor": {
                     "model": {"modelFormat": {"name": "huggingface"}, "storageUri": storage_uri}
@@ -530,8 +509,7 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
         assert rollout_status(kube, namespace)["phase"] == "Pending"
 
         # Approved: the rollout starts by itself on the next resync.
-        kube.patch(mv_path(namespace, "grader-v2"), {"spec": {"approval": {"required": False}}})
-        write_model_version_status(kube, namespace, "grader-v2", approved=True)
+        approve(kube, namespace, "grader-v2")
         approved_at = time.monotonic()
         wait_phase(kube, namespace, "Progressing", op, timeout=30)
         started_after = time.monotonic() - approved_at

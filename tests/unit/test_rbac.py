@@ -228,8 +228,12 @@ def test_roles_for_people() -> None:
 
 
 def test_namespaced_installs_can_coexist() -> None:
+    # One release per cluster installs the default PlatformPolicy (policy.create).
     first = kt.render({"watchNamespaces": ["a"], "rbac": {"userRoles": False}}, namespace="ops-a")
-    second = kt.render({"watchNamespaces": ["b"], "rbac": {"userRoles": False}}, namespace="ops-b")
+    second = kt.render(
+        {"watchNamespaces": ["b"], "rbac": {"userRoles": False}, "policy": {"create": False}},
+        namespace="ops-b",
+    )
 
     def cluster_scoped(docs: list[dict[str, Any]]) -> set[tuple[str, str]]:
         return {
