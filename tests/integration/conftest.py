@@ -19,8 +19,6 @@ import pytest
 # cluster.py sits beside this file; make it importable however pytest was invoked.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tenancy import APPROVER_ROLE, Tenant, install_user_roles, service_account_tenant, user_tenant
-
 from cluster import (
     CRD_DIR,
     ISVC_CRD,
@@ -38,6 +36,7 @@ from cluster import (
     start_control_plane,
 )
 from provision import ProvisionError, Toolchain, provision  # hack/, put on sys.path by cluster
+from tenancy import APPROVER_ROLE, Tenant, install_user_roles, service_account_tenant, user_tenant
 
 _started: list[ControlPlane] = []
 

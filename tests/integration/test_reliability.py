@@ -31,8 +31,6 @@ from typing import Any
 import pytest
 import yaml
 from faultproxy import FaultPlan, FaultProxy
-from signed import sign_model_version
-from test_rollout import FakeKServe, create_inference_service
 
 from whetstone_operator.render.workload import trainer_job_name, validation_job_name
 
@@ -55,6 +53,8 @@ from cluster import (
     webhook_operator_running,
     write_kubeconfig,
 )
+from signed import sign_model_version
+from test_rollout import FakeKServe, create_inference_service
 from tests.conftest import sample_header
 
 pytestmark = pytest.mark.integration

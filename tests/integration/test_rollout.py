@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 from prometheus import find_or_install  # hack/, put on sys.path by cluster
-from signed import sign_model_version
 
 from whetstone_operator import analysis
 from whetstone_operator.api.names import ROLLOUT_TARGET_ANNOTATION
@@ -39,6 +38,7 @@ from cluster import (
     resource_path,
     wait_for,
 )
+from signed import sign_model_version
 from tests.loopback import LoopbackServer, QuietHandler
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from functools import partial
 from typing import Any
 
 import pytest
-from tenancy import AUTHZ_API, EDIT_VERBS, WHETSTONE_KINDS, Tenant, role_verbs
 
 from cluster import ApiError, ControlPlane, Kube, resource_path
+from tenancy import AUTHZ_API, EDIT_VERBS, WHETSTONE_KINDS, Tenant, role_verbs
 
 pytestmark = pytest.mark.integration
 
