@@ -30,18 +30,10 @@ sys.path.insert(0, str(REPO / "hack"))
 sys.path.insert(0, str(REPO))
 
 from prometheus import find_or_install  # noqa: E402
-from test_rollout import (  # noqa: E402
-    ERROR_RATE,
-    FakeKServe,
-    prometheus_running,
-    ro_path,
-    rollout_body,
-    rollout_status,
-    serving_v1,
-)
 
 from bench_report import write_report  # noqa: E402
 from cluster import (  # noqa: E402
+    APPROVAL_KEY,
     CRD_DIR,
     ISVC_CRD,
     ControlPlane,
@@ -52,6 +44,15 @@ from cluster import (  # noqa: E402
     operator_argv,
 )
 from provision import provision  # noqa: E402
+from test_rollout import (  # noqa: E402
+    ERROR_RATE,
+    FakeKServe,
+    prometheus_running,
+    ro_path,
+    rollout_body,
+    rollout_status,
+    serving_v1,
+)
 
 KSERVE_READY_DELAY = 0.3
 
@@ -73,6 +74,8 @@ def prepared(
             **os.environ,
             "KUBECONFIG": str(config),
             "WHETSTONE_ROLLOUT_RESYNC_SECONDS": str(resync),
+            # The key the fixtures sign v1's and v2's records with.
+            "WHETSTONE_APPROVAL_KEY": APPROVAL_KEY,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
