@@ -450,6 +450,7 @@ CASES: dict[str, Case] = {
     ),
     "the built-in default refuses a toleration the tenant adds": Case(
         status={},
+        spec=changed(resources={**SPEC["resources"], "tolerations": [GPU_TOLERATION]}),
         observed=Observed(),
         policy=Policy(),
         phase="Pending",

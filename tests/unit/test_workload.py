@@ -25,7 +25,10 @@ from tests.conftest import REPO_ROOT
 
 OWNER = Owner("grader-v3", "ml", "0b6c9a4e-1111-2222-3333-444455556666")
 DEFAULTS = TrainerDefaults(image="registry.local/trainer:1", progress_port=8080)
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())["spec"]
+# The tenant repeats the GPU nodes' toleration (allowed where the policy has it).
+SAMPLE["resources"]["tolerations"] = [GPU_TOLERATION]
 
 
 def _spec(**changes: Any) -> FineTuneJobSpec:
@@ -112,7 +115,6 @@ def test_validation_job_requests_no_gpu_and_reads_only_data_secrets() -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 TEAM_TOLERATION = {"key": "team", "value": "ml", "effect": "NoSchedule"}
 PLACEMENTS = {
     "nothing forced: the tenant's": (

@@ -234,7 +234,8 @@ def _approval(d: Draft[ModelVersionStatus], trust: Trust, policy: Policy) -> boo
             d.event("Normal", "Approved", f"approved by {names}")
         d.condition("Approved", True, "ApprovedByUser", f"approved by {names}")
         return True
-    if trust.stale and before:
+    was = get_condition(status.conditions, "Approved")
+    if trust.stale and (before or (was is not None and was.reason == "ChangedAfterApproval")):
         message = (
             "the approval no longer holds: what it covered (artifact, base model, gates, "
             "metrics, source) changed after it was given; approve again: kubectl annotate "
