@@ -59,14 +59,17 @@ def ftj_path(ns: str, name: str | None = None) -> str:
 POLICY_LABEL = "whetstone.dev/test-policy"
 
 
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
 def policy_path(name: str | None = None) -> str:
     return resource_path(API, "platformpolicies", None, name)
 
 
 @pytest.fixture(autouse=True)
 def tenant_policy(kube: Kube, namespace: str) -> Iterator[str]:
-    """A PlatformPolicy for this test's namespace that allows the sample: the built-in
-    default lets tenants add no toleration, and the sample asks for the GPU taint's."""
+    """A PlatformPolicy for this test's namespace, as a platform team writes one: it gives
+    every trainer pod the GPU nodes' toleration."""
     name = f"ftj-{namespace}"[:63]
     kube.patch(
         resource_path("v1", "namespaces", name=namespace),
@@ -81,7 +84,7 @@ def tenant_policy(kube: Kube, namespace: str) -> Iterator[str]:
             "spec": {
                 "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
                 "priority": 100,
-                "training": {"tolerations": SAMPLE["spec"]["resources"]["tolerations"]},
+                "training": {"tolerations": [GPU_TOLERATION]},
             },
         },
     )
