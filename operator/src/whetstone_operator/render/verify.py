@@ -1,8 +1,10 @@
-"""Builder of a ModelVersion's verify Job: the trainer image recomputes the artifact's digests
-with the same storage wiring as training, so the operator never holds storage credentials."""
+"""Builder of a verify Job: the trainer image recomputes an artifact's digests with the same
+storage wiring as training, so the operator never holds storage credentials. A ModelVersion
+verifies its artifact once registered; a Rollout verifies it again before its first traffic."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,28 +26,41 @@ from whetstone_operator.render.workload import (
 
 @dataclass(frozen=True)
 class VersionOwner:
-    """The ModelVersion that owns the verify Job."""
+    """The object that owns the verify Job (a ModelVersion, or a Rollout)."""
 
     name: str
     namespace: str
     uid: str
+    kind: str = "ModelVersion"
 
 
 def verify_job_name(version: str) -> str:
     return child_name(version, "verify")
 
 
+def rollout_verify_job_name(rollout: str, version: str, digest: str) -> str:
+    """The Rollout's verify Job for one version and digest (a new candidate, a new Job)."""
+    tag = hashlib.sha256(f"{version}\n{digest}".encode()).hexdigest()[:10]
+    return child_name(rollout, f"verify-{tag}")
+
+
 def build_verify_job(
-    owner: VersionOwner, spec: ModelVersionSpec, defaults: TrainerDefaults
+    owner: VersionOwner,
+    spec: ModelVersionSpec,
+    defaults: TrainerDefaults,
+    *,
+    job_name: str | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """A short CPU Job running `whetstone_trainer verify <uri> --digest <digest>`."""
+    """A short CPU Job running `whetstone_trainer verify <uri> --digest <digest>` for the
+    ModelVersion `version` (default: the owner itself)."""
     labels = {
         "app.kubernetes.io/name": "whetstone-verify",
         "app.kubernetes.io/instance": label_value(owner.name),
         "app.kubernetes.io/component": "verifier",
         LABEL_PART_OF: "whetstone",
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_VERSION: label_value(owner.name),
+        LABEL_VERSION: label_value(version or owner.name),
     }
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -77,13 +92,13 @@ def build_verify_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": verify_job_name(owner.name),
+            "name": job_name or verify_job_name(owner.name),
             "namespace": owner.namespace,
             "labels": labels,
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,
-                    "kind": "ModelVersion",
+                    "kind": owner.kind,
                     "name": owner.name,
                     "uid": owner.uid,
                     "controller": True,
