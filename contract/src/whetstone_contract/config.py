@@ -120,6 +120,7 @@ class DatasetSpec(CamelModel):
     )
     redact: list[RedactionKind] = Field(
         default_factory=list,
+        max_length=32,
         description=(
             "Sensitive data replaced by a placeholder before tokenisation: email, phone, "
             "secret (API keys, tokens). Counts are reported in the data report."
@@ -281,6 +282,7 @@ class EvaluationSpec(CamelModel):
     metrics: list[MetricName] = Field(
         default_factory=lambda: list[MetricName](["loss", "perplexity"]),
         min_length=1,
+        max_length=16,
         description="Metrics to compute: loss, perplexity, exactMatch, rougeL, accuracy.",
     )
     compare_to_baseline: bool = Field(

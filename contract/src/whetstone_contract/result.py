@@ -7,11 +7,21 @@ these models too.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 
 from whetstone_contract.base import CamelModel
 
 TERMINATION_MESSAGE_LIMIT = 4096
+
+# Bounds of what the trainer reports (the FineTuneJob status carries the same ones).
+Key = Annotated[str, Field(max_length=128)]  # a reason, a redaction kind, a metric name
+COUNTS_MAX = 32  # entries of dataReport.dropped, .redacted and .tokens
+INVALID_LINE_MAX = 8192
+METRICS_MAX = 128
+HYPERPARAMETERS_MAX = 128
+HYPERPARAMETER_TEXT_MAX = 1024
 
 # Exit codes the operator tells apart.
 EXIT_OK = 0
@@ -29,20 +39,24 @@ class DataReport(CamelModel):
     examples: int = Field(default=0, ge=0, description="Examples kept for training.")
     validation_examples: int = Field(default=0, ge=0, description="Examples kept for validation.")
     test_examples: int = Field(default=0, ge=0, description="Examples kept for testing.")
-    dropped: dict[str, int] = Field(
+    dropped: dict[Key, int] = Field(
         default_factory=dict,
+        max_length=COUNTS_MAX,
         description="Examples dropped, by reason (duplicate, invalid, tooLong, notSelected).",
     )
-    redacted: dict[str, int] = Field(
-        default_factory=dict, description="Redactions made, by kind (email, phone, secret)."
+    redacted: dict[Key, int] = Field(
+        default_factory=dict,
+        max_length=COUNTS_MAX,
+        description="Redactions made, by kind (email, phone, secret).",
     )
-    invalid_lines: list[str] = Field(
+    invalid_lines: list[Annotated[str, Field(max_length=INVALID_LINE_MAX)]] = Field(
         default_factory=list,
         max_length=50,
         description="First invalid lines as 'file:line: reason'.",
     )
-    tokens: dict[str, float] = Field(
+    tokens: dict[Key, float] = Field(
         default_factory=dict,
+        max_length=COUNTS_MAX,
         description="Token statistics of the kept training examples (total, mean, p50, p95, max).",
     )
     padding_waste_percent: float | None = Field(
@@ -51,6 +65,7 @@ class DataReport(CamelModel):
     dataset_digest: str | None = Field(
         default=None,
         pattern=r"^sha256:[0-9a-f]{64}$",
+        max_length=71,
         description="sha256 over the prepared data (lineage).",
     )
 
@@ -69,7 +84,9 @@ class Progress(CamelModel):
     tokens_per_second: float | None = Field(
         default=None, ge=0, description="Training throughput in tokens per second."
     )
-    eta: str | None = Field(default=None, description="Estimated completion time (RFC 3339, UTC).")
+    eta: str | None = Field(
+        default=None, max_length=64, description="Estimated completion time (RFC 3339, UTC)."
+    )
 
 
 class CheckpointInfo(CamelModel):
@@ -92,13 +109,18 @@ class TrainerResult(CamelModel):
     manifest_digest: str = Field(
         pattern=r"^sha256:[0-9a-f]{64}$", description="sha256 of the artifact manifest."
     )
-    metrics: dict[str, float | dict[str, float]] = Field(
+    metrics: dict[Key, float | Annotated[dict[Key, float], Field(max_length=METRICS_MAX)]] = Field(
         default_factory=dict,
+        max_length=METRICS_MAX,
         description="Final metrics (evalLoss, perplexity, exactMatch, rougeL) and baseline.",
     )
     data_report: DataReport = Field(default_factory=DataReport, description="The data report.")
-    hyperparameters: dict[str, float | int | str | bool] = Field(
-        default_factory=dict, description="The hyperparameters actually used (resolved)."
+    hyperparameters: dict[
+        Key, float | int | Annotated[str, Field(max_length=HYPERPARAMETER_TEXT_MAX)] | bool
+    ] = Field(
+        default_factory=dict,
+        max_length=HYPERPARAMETERS_MAX,
+        description="The hyperparameters actually used (resolved).",
     )
     steps: int = Field(default=0, ge=0, description="Optimizer steps done.")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -19,9 +19,34 @@ from whetstone_contract.config import (
     check_combination,
 )
 from whetstone_contract.result import CheckpointInfo, DataReport, Progress
-from whetstone_operator.api.common import DNS_LABEL, KindInfo, SecretRef, StatusBase
-from whetstone_operator.api.modelversion import Gate, MetricValues
+from whetstone_operator.api.common import (
+    DIGEST_MAX,
+    DNS_LABEL,
+    DNS_SUBDOMAIN_MAX,
+    IMAGE_MAX,
+    TIME_MAX,
+    URI_MAX,
+    KindInfo,
+    MapKey,
+    SecretRef,
+    StatusBase,
+)
+from whetstone_operator.api.modelversion import GATES_MAX, Gate, MetricValues
 from whetstone_operator.api.platformpolicy import DataClass
+from whetstone_operator.api.scheduling import (
+    TOLERATIONS_MAX,
+    AffinityDict,
+    NodeSelector,
+    TolerationDict,
+)
+
+# A run per resume after a suspend: far more than any job sees.
+ATTEMPTS_MAX = 1000
+# The trainer keeps at most 100 checkpoints (output.keepCheckpoints); status lists the last ones.
+CHECKPOINTS_MAX = 100
+# What the trainer reports fits its 4 KB termination message; these are far above that.
+HYPERPARAMETERS_MAX = 128
+HYPERPARAMETER_VALUE_MAX = 1024
 
 
 class BaseModelSpec(ModelSource):
@@ -104,18 +129,21 @@ class ResourcesSpec(CamelModel):
         description="Size of the memory-backed /dev/shm; omitted = the operator's default, "
         "else 8Gi per GPU.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: NodeSelector = Field(
         default_factory=dict, description="Node labels the trainer pods must match."
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[TolerationDict] = Field(
         default_factory=list,
+        max_length=TOLERATIONS_MAX,
         description="Kubernetes tolerations for the trainer pods (core/v1 Toleration).",
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None, description="Kubernetes affinity for the trainer pods (core/v1 Affinity)."
+    affinity: AffinityDict | None = Field(
+        default=None,
+        description="Kubernetes affinity for the trainer pods (core/v1 Affinity; at most "
+        "16 KiB as JSON).",
     )
     priority_class_name: str | None = Field(
-        default=None, max_length=253, description="PriorityClass of the trainer pods."
+        default=None, max_length=DNS_SUBDOMAIN_MAX, description="PriorityClass of the trainer pods."
     )
     deepspeed: DeepSpeedSettings | None = Field(
         default=None, description="DeepSpeed ZeRO settings; required when nodes > 1."
@@ -132,7 +160,9 @@ class Registration(CamelModel):
         "<model>-<base>-v<version>-<yyyymmdd>.",
     )
     gates: list[Gate] = Field(
-        default_factory=list, description="Quality gates copied into the ModelVersion."
+        default_factory=list,
+        max_length=GATES_MAX,
+        description="Quality gates copied into the ModelVersion.",
     )
     approval_required: bool = Field(
         default=True,
@@ -181,7 +211,7 @@ class FineTuneJobSpec(CamelModel):
     )
     image: str | None = Field(
         default=None,
-        max_length=1024,
+        max_length=IMAGE_MAX,
         description="Trainer image override (default: the operator's configured trainer image).",
     )
 
@@ -204,10 +234,13 @@ class AttemptCost(CamelModel):
         ge=0, description="GPUs the run requested: resources.nodes x resources.gpusPerNode."
     )
     start_time: str | None = Field(
-        default=None, description="When the run's first trainer pod started (RFC 3339)."
+        default=None,
+        max_length=TIME_MAX,
+        description="When the run's first trainer pod started (RFC 3339).",
     )
     end_time: str | None = Field(
         default=None,
+        max_length=TIME_MAX,
         description="When the run's last trainer pod finished or was stopped (RFC 3339); "
         "absent while it runs.",
     )
@@ -231,6 +264,7 @@ class Cost(CamelModel):
     )
     attempts: list[AttemptCost] = Field(
         default_factory=list,
+        max_length=ATTEMPTS_MAX,
         description="One entry per trainer run, oldest first; kept when its pods are gone.",
     )
 
@@ -250,20 +284,29 @@ class FineTuneJobStatus(StatusBase):
     data_report: DataReport | None = Field(
         default=None, description="What data preparation kept, dropped and redacted."
     )
-    hyperparameters: dict[str, str] = Field(
-        default_factory=dict,
-        description="Hyperparameters actually used, including the ones chosen automatically.",
+    hyperparameters: dict[MapKey, Annotated[str, Field(max_length=HYPERPARAMETER_VALUE_MAX)]] = (
+        Field(
+            default_factory=dict,
+            max_length=HYPERPARAMETERS_MAX,
+            description="Hyperparameters actually used, including the ones chosen automatically.",
+        )
     )
     checkpoints: list[CheckpointInfo] = Field(
-        default_factory=list, description="Complete checkpoints, newest last."
+        default_factory=list,
+        max_length=CHECKPOINTS_MAX,
+        description="Complete checkpoints, newest last.",
     )
     metrics: MetricValues | None = Field(default=None, description="Final evaluation metrics.")
-    artifact_uri: str | None = Field(default=None, description="Location of the final artifact.")
+    artifact_uri: str | None = Field(
+        default=None, max_length=URI_MAX, description="Location of the final artifact."
+    )
     artifact_digest: str | None = Field(
-        default=None, description="sha256 digest of the artifact manifest."
+        default=None, max_length=DIGEST_MAX, description="sha256 digest of the artifact manifest."
     )
     model_version: str | None = Field(
-        default=None, description="The ModelVersion registered from this job."
+        default=None,
+        max_length=DNS_SUBDOMAIN_MAX,
+        description="The ModelVersion registered from this job.",
     )
     restarts: int = Field(default=0, ge=0, description="Trainer restarts so far.")
     attempt: int = Field(
@@ -272,15 +315,18 @@ class FineTuneJobStatus(StatusBase):
         description="Trainer run number; each resume after a suspend starts a new run that "
         "continues from the latest checkpoint.",
     )
-    start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
+    start_time: str | None = Field(
+        default=None, max_length=TIME_MAX, description="When training started (RFC 3339)."
+    )
     completion_time: str | None = Field(
-        default=None, description="When the job finished (RFC 3339)."
+        default=None, max_length=TIME_MAX, description="When the job finished (RFC 3339)."
     )
     cost: Cost | None = Field(
         default=None, description="GPU time used so far, in total and per trainer run."
     )
     spec_fingerprint: str | None = Field(
         default=None,
+        max_length=64,
         description="Fingerprint of the spec the run started from, all of it but suspend, "
         "activeDeadlineSeconds, backoffLimit and registration (which apply to a started run). "
         "A later "

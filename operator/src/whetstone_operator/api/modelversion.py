@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from whetstone_contract.base import CamelModel
 from whetstone_contract.config import ModelSource
 from whetstone_operator.api.common import (
+    DIGEST_MAX,
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    DNS_SUBDOMAIN_MAX,
+    IMAGE_MAX,
+    TIME_MAX,
+    USER_MAX,
     KindInfo,
+    MapKey,
     SecretRef,
     StatusBase,
 )
 
 DIGEST = r"^sha256:[0-9a-f]{64}$"
 KNOWN_METRICS = ("loss", "evalLoss", "perplexity", "exactMatch", "rougeL", "accuracy")
+CUSTOM_METRICS_MAX = 128
+GATES_MAX = 64
+# One approval per person; groups as the API server reported them for the approver.
+APPROVALS_MAX = 256
+GROUPS_MAX = 512
+# One entry per Rollout serving the version.
+DEPLOYMENTS_MAX = 256
 
 
 class BaselineMetrics(CamelModel):
@@ -35,8 +48,10 @@ class BaselineMetrics(CamelModel):
     accuracy: float | None = Field(
         default=None, ge=0, le=1, description="Share of correct answers."
     )
-    custom: dict[str, float] = Field(
-        default_factory=dict, description="Further metrics by name (camelCase)."
+    custom: dict[MapKey, float] = Field(
+        default_factory=dict,
+        max_length=CUSTOM_METRICS_MAX,
+        description="Further metrics by name (camelCase).",
     )
 
     def get(self, name: str) -> float | None:
@@ -114,7 +129,9 @@ class ArtifactRef(CamelModel):
         description="merged (full weights) or adapter (LoRA adapter applied on baseModel).",
     )
     digest: str = Field(
-        pattern=DIGEST, description="sha256 of the artifact's manifest.json; immutable."
+        pattern=DIGEST,
+        max_length=DIGEST_MAX,
+        description="sha256 of the artifact's manifest.json; immutable.",
     )
     secret_ref: SecretRef | None = Field(
         default=None,
@@ -129,10 +146,13 @@ class SourceRef(CamelModel):
         default=None, max_length=253, pattern=DNS_SUBDOMAIN, description="FineTuneJob that made it."
     )
     dataset_digest: str | None = Field(
-        default=None, pattern=DIGEST, description="Digest of the prepared training data."
+        default=None,
+        pattern=DIGEST,
+        max_length=DIGEST_MAX,
+        description="Digest of the prepared training data.",
     )
     trainer_image: str | None = Field(
-        default=None, max_length=1024, description="Trainer image that made it."
+        default=None, max_length=IMAGE_MAX, description="Trainer image that made it."
     )
 
 
@@ -175,7 +195,9 @@ class ModelVersionSpec(CamelModel):
     metrics: MetricValues = Field(
         default_factory=MetricValues, description="Evaluation metrics the gates are checked on."
     )
-    gates: list[Gate] = Field(default_factory=list, description="Quality gates.")
+    gates: list[Gate] = Field(
+        default_factory=list, max_length=GATES_MAX, description="Quality gates."
+    )
     approval: ApprovalPolicy = Field(
         default_factory=ApprovalPolicy, description="Human approval policy."
     )
@@ -196,17 +218,21 @@ ModelVersionPhase = Literal["Pending", "Verified", "Rejected", "Approved", "Serv
 class GateResult(CamelModel):
     """The outcome of one gate."""
 
-    metric: str = Field(description="Metric the gate is on.")
+    metric: str = Field(max_length=128, description="Metric the gate is on.")
     value: float | None = Field(default=None, description="The metric's value (absent if missing).")
     passed: bool = Field(description="Whether every bound held.")
-    message: str = Field(default="", description="Why it passed or failed.")
+    message: str = Field(default="", max_length=1024, description="Why it passed or failed.")
 
 
 class Deployment(CamelModel):
     """Where this version serves traffic."""
 
-    rollout: str = Field(description="Rollout driving the deployment.")
-    inference_service: str = Field(description="KServe InferenceService name.")
+    rollout: str = Field(
+        max_length=DNS_SUBDOMAIN_MAX, description="Rollout driving the deployment."
+    )
+    inference_service: str = Field(
+        max_length=DNS_SUBDOMAIN_MAX, description="KServe InferenceService name."
+    )
     traffic_percent: int = Field(ge=0, le=100, description="Share of traffic it receives.")
     role: Literal["stable", "canary"] = Field(description="stable or canary.")
 
@@ -214,9 +240,11 @@ class Deployment(CamelModel):
 class ApprovalEntry(CamelModel):
     """One approval whose signature holds."""
 
-    user: str = Field(description="Who approved (the Kubernetes user name).")
-    groups: list[str] = Field(default_factory=list, description="The approver's groups then.")
-    time: str = Field(description="When (RFC 3339).")
+    user: str = Field(max_length=USER_MAX, description="Who approved (the Kubernetes user name).")
+    groups: list[Annotated[str, Field(max_length=USER_MAX)]] = Field(
+        default_factory=list, max_length=GROUPS_MAX, description="The approver's groups then."
+    )
+    time: str = Field(max_length=TIME_MAX, description="When (RFC 3339).")
     counted: bool = Field(
         default=True,
         description="Whether the namespace's PlatformPolicy counts this approver (e.g. "
@@ -227,9 +255,11 @@ class ApprovalEntry(CamelModel):
 class Verification(CamelModel):
     """The operator's signed record that the artifact matched its digest."""
 
-    digest: str = Field(description="The digest the verify pod confirmed.")
-    at: str = Field(description="When (RFC 3339).")
-    sig: str = Field(description="The operator's signature over the object and its artifact.")
+    digest: str = Field(max_length=DIGEST_MAX, description="The digest the verify pod confirmed.")
+    at: str = Field(max_length=TIME_MAX, description="When (RFC 3339).")
+    sig: str = Field(
+        max_length=256, description="The operator's signature over the object and its artifact."
+    )
 
 
 class ModelVersionStatus(StatusBase):
@@ -239,29 +269,41 @@ class ModelVersionStatus(StatusBase):
 
     phase: ModelVersionPhase | None = Field(default=None, description="Lifecycle phase.")
     verified_digest: str | None = Field(
-        default=None, description="Digest confirmed by recomputing the artifact's files."
+        default=None,
+        max_length=DIGEST_MAX,
+        description="Digest confirmed by recomputing the artifact's files.",
     )
-    gate_results: list[GateResult] = Field(default_factory=list, description="Gate outcomes.")
+    gate_results: list[GateResult] = Field(
+        default_factory=list, max_length=GATES_MAX, description="Gate outcomes."
+    )
     verification: Verification | None = Field(
         default=None,
         description="Signed record of the artifact check; Rollouts trust this, not "
         "verifiedDigest, and check it before every traffic change.",
     )
     approvals: list[ApprovalEntry] = Field(
-        default_factory=list, description="Every approval whose signature holds, oldest first."
+        default_factory=list,
+        max_length=APPROVALS_MAX,
+        description="Every approval whose signature holds, oldest first.",
     )
     approved_by: str | None = Field(
-        default=None, description="Who approved the version (the last approver)."
+        default=None,
+        max_length=USER_MAX,
+        description="Who approved the version (the last approver).",
     )
     approved_at: str | None = Field(
-        default=None, description="When it was approved (RFC 3339, the last approval)."
+        default=None,
+        max_length=TIME_MAX,
+        description="When it was approved (RFC 3339, the last approval).",
     )
     deployments: list[Deployment] = Field(
         default_factory=list,
+        max_length=DEPLOYMENTS_MAX,
         description="Rollouts serving this version (written by the Rollout controller).",
     )
     superseded_by: str | None = Field(
         default=None,
+        max_length=DNS_SUBDOMAIN_MAX,
         description="The ModelVersion that replaced this one as stable (set on promotion).",
     )
 

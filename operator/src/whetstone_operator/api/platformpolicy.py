@@ -7,26 +7,48 @@ approval the policy does not), never widen it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from whetstone_contract.base import CamelModel
-from whetstone_operator.api.common import DNS_LABEL, KindInfo, StatusBase
+from whetstone_operator.api.common import (
+    DNS_LABEL,
+    DNS_LABEL_MAX,
+    DNS_SUBDOMAIN_MAX,
+    IMAGE_MAX,
+    LABEL_KEY,
+    QUALIFIED_NAME_MAX,
+    URI_MAX,
+    USER_MAX,
+    KindInfo,
+    StatusBase,
+)
+from whetstone_operator.api.scheduling import (
+    TOLERATIONS_MAX,
+    LabelKey,
+    LabelValue,
+    NodeSelector,
+    TolerationDict,
+)
 
 DataClass = Literal["public", "internal", "restricted"]
 DATA_CLASS_ORDER: tuple[DataClass, ...] = ("public", "internal", "restricted")
-LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Kubernetes is tested up to 10,000 namespaces per cluster; a policy may govern all of them.
+NAMESPACES_MAX = 10_000
+# GPU-seconds per FineTuneJob uid in one month, per namespace.
+JOBS_PER_MONTH_MAX = 10_000
+HOST_MAX = DNS_SUBDOMAIN_MAX + len(":65535")
 
 
 class LabelRequirement(CamelModel):
     """One namespace-label requirement (metav1.LabelSelectorRequirement)."""
 
-    key: str = Field(max_length=317, pattern=LABEL_KEY, description="Label key.")
+    key: str = Field(max_length=QUALIFIED_NAME_MAX, pattern=LABEL_KEY, description="Label key.")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
         description="In, NotIn, Exists or DoesNotExist."
     )
-    values: list[str] = Field(
+    values: list[LabelValue] = Field(
         default_factory=list,
         max_length=64,
         description="Values for In and NotIn; empty for Exists and DoesNotExist.",
@@ -45,8 +67,10 @@ class LabelRequirement(CamelModel):
 class NamespaceSelector(CamelModel):
     """Which namespaces a policy governs, by their labels (empty: every namespace)."""
 
-    match_labels: dict[str, str] = Field(
-        default_factory=dict, description="Labels a namespace must carry, all of them."
+    match_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Labels a namespace must carry, all of them.",
     )
     match_expressions: list[LabelRequirement] = Field(
         default_factory=list, max_length=32, description="Further requirements, all of them."
@@ -83,7 +107,7 @@ class ApprovalRules(CamelModel):
         le=10,
         description="Distinct people who must approve (2 = the two-person rule).",
     )
-    approver_groups: list[str] = Field(
+    approver_groups: list[Annotated[str, Field(max_length=USER_MAX)]] = Field(
         default_factory=list,
         max_length=32,
         description="Groups an approver must belong to (any of them); empty: anyone with the "
@@ -115,29 +139,29 @@ class Budget(CamelModel):
 class TrainingRules(CamelModel):
     """What FineTuneJobs may run, where, on how much, and on which data."""
 
-    images: list[str] = Field(
+    images: list[Annotated[str, Field(max_length=IMAGE_MAX)]] = Field(
         default_factory=list,
         max_length=64,
         description="Trainer images a FineTuneJob may name in spec.image (shell-style globs, "
         "e.g. registry.example.com/trainer@sha256:*); empty: only the operator's default.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: NodeSelector = Field(
         default_factory=dict,
         description="Node labels forced onto every trainer pod; a FineTuneJob may add labels, "
         "never set one of these to another value.",
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[TolerationDict] = Field(
         default_factory=list,
-        max_length=32,
+        max_length=TOLERATIONS_MAX,
         description="Tolerations given to every trainer pod (core/v1 Toleration); a "
         "FineTuneJob may repeat them, never add others.",
     )
-    priority_class_names: list[str] = Field(
+    priority_class_names: list[Annotated[str, Field(max_length=DNS_SUBDOMAIN_MAX)]] = Field(
         default_factory=list,
         max_length=32,
         description="PriorityClasses a FineTuneJob may use; empty: none (the cluster default).",
     )
-    gpu_resource_names: list[str] = Field(
+    gpu_resource_names: list[Annotated[str, Field(max_length=DNS_SUBDOMAIN_MAX)]] = Field(
         default_factory=lambda: ["nvidia.com/gpu"],
         max_length=16,
         description="Extended GPU resource names a FineTuneJob may request.",
@@ -184,13 +208,13 @@ class AnalysisRules(CamelModel):
         max_length=32,
         description="Named Prometheus endpoints (a Rollout metric's prometheus.endpoint).",
     )
-    allow_addresses: list[str] = Field(
+    allow_addresses: list[Annotated[str, Field(max_length=URI_MAX)]] = Field(
         default_factory=list,
         max_length=32,
         description="Raw address prefixes a Rollout may use in prometheus.address; empty: "
         "named endpoints only.",
     )
-    golden_prompt_hosts: list[str] = Field(
+    golden_prompt_hosts: list[Annotated[str, Field(max_length=HOST_MAX)]] = Field(
         default_factory=list,
         max_length=32,
         description="Hosts golden prompts may be sent to, besides the URLs KServe reports "
@@ -220,17 +244,22 @@ class PlatformPolicySpec(CamelModel):
     )
 
 
+Uid = Annotated[str, Field(max_length=128)]
+
+
 class NamespaceSpend(CamelModel):
     """GPU time a namespace spent in one month."""
 
-    month: str = Field(description="Calendar month (UTC), YYYY-MM.")
+    month: str = Field(max_length=16, description="Calendar month (UTC), YYYY-MM.")
     gpu_hours: float = Field(default=0, ge=0, description="GPU-hours spent in the month.")
-    jobs: dict[str, float] = Field(
+    jobs: dict[Uid, float] = Field(
         default_factory=dict,
+        max_length=JOBS_PER_MONTH_MAX,
         description="GPU-seconds per FineTuneJob uid (kept when a job is deleted).",
     )
-    baseline: dict[str, float] = Field(
+    baseline: dict[Uid, float] = Field(
         default_factory=dict,
+        max_length=JOBS_PER_MONTH_MAX,
         description="GPU-seconds each job had spent before this month (not counted in it).",
     )
 
@@ -241,12 +270,16 @@ class PlatformPolicyStatus(StatusBase):
     phase: Literal["Active", "Invalid"] | None = Field(
         default=None, description="Active, or Invalid (its spec does not parse: it governs none)."
     )
-    namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces this policy governs now."
+    namespaces: list[Annotated[str, Field(max_length=DNS_LABEL_MAX)]] = Field(
+        default_factory=list,
+        max_length=NAMESPACES_MAX,
+        description="Namespaces this policy governs now.",
     )
     namespace_count: int = Field(default=0, ge=0, description="How many namespaces it governs.")
-    spend: dict[str, NamespaceSpend] = Field(
-        default_factory=dict, description="GPU time spent this month, by namespace."
+    spend: dict[Annotated[str, Field(max_length=DNS_LABEL_MAX)], NamespaceSpend] = Field(
+        default_factory=dict,
+        max_length=NAMESPACES_MAX,
+        description="GPU time spent this month, by namespace.",
     )
 
 
