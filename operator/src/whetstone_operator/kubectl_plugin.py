@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess  # nosec B404 - runs kubectl with an argument list, never a shell
+import subprocess  # nosec B404 # runs kubectl with an argument list, never a shell
 import sys
 import time
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value:
             cmd += [flag, value]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # nosec B603 - kubectl with the user's own arguments, no shell
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # nosec B603 # kubectl with the user's own arguments, no shell
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     if proc.returncode == 0:

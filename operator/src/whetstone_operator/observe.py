@@ -138,7 +138,7 @@ def _rank0_address(job: JobView | None) -> str | None:
 
 
 def _get_json(url: str, timeout: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310 - http://<pod IP>:<port>/... built above, never a URL from a spec
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310 # http://<pod IP>:<port>/... built above, never a URL from a spec
         return json.loads(response.read())
 
 

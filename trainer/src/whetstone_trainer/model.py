@@ -55,7 +55,7 @@ def build_tiny_tokenizer(texts: Sequence[str], target: Path) -> Path:
     tokenizer.train_from_iterator(list(texts), trainer)
     fast = _module("transformers").PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token="<|bos|>",  # nosec B106 - a token of the tiny tokenizer, not a password
+        bos_token="<|bos|>",  # nosec B106 # a token of the tiny tokenizer, not a password
         eos_token="<|end|>",
         pad_token="<|pad|>",
         chat_template=TINY_CHAT_TEMPLATE,
@@ -72,7 +72,7 @@ def build_tiny_model(texts: Sequence[str], target: Path, *, seed: int = 0) -> Pa
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     build_tiny_tokenizer(texts, target)
-    tokenizer = AutoTokenizer.from_pretrained(target)  # nosec B615 - a local directory, built just above
+    tokenizer = AutoTokenizer.from_pretrained(target)  # nosec B615 # a local directory, built just above
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -142,7 +142,7 @@ def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 - a local directory (hf:// models are fetched by revision first)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)  # nosec B615 # a local directory (hf:// models are downloaded to one first)
     except Exception as exc:
         raise ModelError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -197,7 +197,7 @@ def load_base_model(model_dir: Path, *, dtype: Any = None, quantize_4bit: bool =
             bnb_4bit_compute_dtype=dtype or torch.float32,
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)  # nosec B615 - a local directory (hf:// models are fetched by revision first)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)  # nosec B615 # a local directory (hf:// models are downloaded to one first)
     except Exception as exc:
         raise ModelError(f"cannot load a causal LM from {model_dir}: {exc}") from exc
     model.config.use_cache = False

@@ -97,7 +97,7 @@ class ProgressReporter:
             out["eta"] = eta.replace(microsecond=0).isoformat().replace("+00:00", "Z")
         return out
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # nosec B104 - the operator reads it over the pod IP
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:  # nosec B104 # the operator reads it over the pod IP
         """Serve GET /progress (and /healthz) on host:port; returns the bound port."""
         self._server = _ProgressServer((host, port), self)
         thread = threading.Thread(

@@ -63,7 +63,7 @@ def build_verify_job(
         LABEL_VERSION: label_value(version or owner.name),
     }
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # nosec B108 - the pod's own emptyDir
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # nosec B108 # the pod's own emptyDir
     match = re.match(r"^pvc://([^/]+)", spec.artifact.uri)
     if match:
         claim = match.group(1)

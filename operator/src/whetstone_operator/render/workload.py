@@ -227,10 +227,10 @@ def _mounts(claims: list[str], shm: bool) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "workspace", "mountPath": "/workspace"},
-        {"name": "tmp", "mountPath": "/tmp"},  # nosec B108 - the pod's own emptyDir
+        {"name": "tmp", "mountPath": "/tmp"},  # nosec B108 # the pod's own emptyDir
     ]
     if shm:
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # nosec B108 - the pod's own memory emptyDir
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # nosec B108 # the pod's own memory emptyDir
     mounts += [
         {"name": f"pvc-{i}", "mountPath": f"{PVC_ROOT}/{claim}"} for i, claim in enumerate(claims)
     ]
