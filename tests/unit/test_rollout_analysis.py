@@ -1,5 +1,6 @@
 """Canary analysis: placeholders, when a round is due, judging, and the Prometheus client
-against a loopback server answering like the Prometheus HTTP API."""
+against a loopback server answering like the Prometheus HTTP API (the client may reach loopback
+here, as on a test cluster with --allow-loopback-targets)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from whetstone_operator import analysis
+from whetstone_operator.api.platformpolicy import PlatformPolicySpec
 from whetstone_operator.api.rollout import AnalysisMetric, RolloutSpec, RolloutStatus
 from whetstone_operator.reconcile.canary import (
     Measurement,
@@ -21,10 +23,18 @@ from whetstone_operator.reconcile.canary import (
     render_query,
     round_outcome,
 )
+from whetstone_operator.reconcile.policy import Policy
 
 from tests.loopback import LoopbackServer, QuietHandler
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
+LOOPBACK = analysis.Guard(allow_loopback=True)
+POLICY = Policy(
+    "team",
+    PlatformPolicySpec.model_validate(
+        {"analysis": {"prometheus": [{"name": "main", "address": "http://prom.monitoring:9090"}]}}
+    ),
+)
 
 
 def metric(**kw: Any) -> AnalysisMetric:
@@ -51,7 +61,7 @@ SPEC = RolloutSpec.model_validate(
                         {
                             "name": "error-rate",
                             "prometheus": {
-                                "address": "http://p:9090",
+                                "endpoint": "main",
                                 "query": 'sum(rate(x{ns="{{namespace}}",rev="{{ canary }}",'
                                 'isvc="{{inferenceService}}"}[1m])) / {{stable}}{{other}}',
                             },
@@ -77,7 +87,9 @@ def status(**kw: Any) -> RolloutStatus:
 
 
 def test_placeholders_are_filled_and_unknown_ones_kept() -> None:
-    (query,) = build_queries(SPEC, status(), "ml")
+    (query,) = build_queries(SPEC, status(), "ml", policy=POLICY)
+    assert isinstance(query, Query)
+    assert query.address == "http://prom.monitoring:9090" and query.refused is None
     assert query.query == (
         'sum(rate(x{ns="ml",rev="grader-predictor-00002",isvc="grader"}[1m])) / '
         "grader-predictor-00001{{other}}"
@@ -128,6 +140,12 @@ def test_analysis_due(kw: dict[str, Any], due: bool) -> None:
         (metric(noData="pass"), None, True, "noData: pass"),
         (metric(), Measurement("error-rate", None, "unreachable"), None, "unreachable"),
         (metric(noData="fail"), Measurement("e", None, "HTTP 400: parse error"), False, "400"),
+        (
+            metric(noData="pass"),
+            Measurement("error-rate", None, "not allowed", refused=True),
+            False,
+            "refused, nothing sent: not allowed",
+        ),
     ],
     ids=[
         "below max",
@@ -140,6 +158,7 @@ def test_analysis_due(kw: dict[str, Any], due: bool) -> None:
         "noData pass",
         "query error follows noData",
         "query error with noData fail",
+        "a refused target fails whatever noData says",
     ],
 )
 def test_judge(
@@ -196,6 +215,9 @@ def prometheus() -> Iterator[str]:
             400,
             {"status": "error", "errorType": "bad_data", "error": "parse error at char 3"},
         ),
+        "made-up-error": (503, {"status": "error", "errorType": "secret-ish", "error": "x"}),
+        "not-number": (200, _vector("AKIA-not-a-number")),
+        "html": (200, "<html>AKIA internal page</html>"),
     }
     with LoopbackServer(_Prometheus) as server:
         yield server.url
@@ -210,22 +232,61 @@ def prometheus() -> Iterator[str]:
         ("scalar", 7.0, None),
         ("two", None, "returned 2 series"),
         ("matrix", None, "returned a matrix"),
-        ("bad", None, "HTTP 400: parse error at char 3"),
+        ("bad", None, "HTTP 400 Bad Request (78 bytes): the query is not valid PromQL"),
+        ("made-up-error", None, "HTTP 503 Service Unavailable (60 bytes)"),
+        ("not-number", None, "the sample value is not a number"),
+        ("html", None, "answered 31 bytes that are not a successful query result"),
     ],
 )
 def test_measure(prometheus: str, query: str, value: float | None, error: str | None) -> None:
-    measured = analysis.measure(Query("m", prometheus, query, 2.0))
+    measured = analysis.measure(Query("m", prometheus, query, 2.0), LOOPBACK)
     assert measured.value == value
+    assert not measured.refused
     if error is None:
         assert measured.error is None
     else:
         assert measured.error is not None and error in measured.error
+        # Only our words: never the server's error text or values.
+        assert "parse error" not in measured.error and "AKIA" not in measured.error
+        assert "secret-ish" not in measured.error
 
 
 def test_measure_unreachable_is_an_error() -> None:
-    measured = analysis.measure(Query("m", "http://127.0.0.1:9", "up", 1.0))
-    assert measured.value is None
-    assert measured.error is not None and "unreachable" in measured.error
+    measured = analysis.measure(Query("m", "http://127.0.0.1:9", "up", 1.0), LOOPBACK)
+    assert measured.value is None and not measured.refused
+    assert measured.error is not None and "unreachable: connection refused" in measured.error
+
+
+def test_loopback_is_refused_without_the_operator_option(prometheus: str) -> None:
+    measured = analysis.measure(Query("m", prometheus, "one", 2.0))
+    assert measured.refused and measured.value is None
+    assert measured.error is not None and "loopback" in measured.error
+
+
+@pytest.mark.parametrize(
+    ("prom", "address", "refusal"),
+    [
+        ({"endpoint": "main"}, "http://prom.monitoring:9090", None),
+        ({"endpoint": "other"}, None, "PlatformPolicy team spec.analysis.prometheus"),
+        ({"address": "http://prom.monitoring:9090"}, None, "spec.analysis.allowAddresses"),
+    ],
+    ids=["a named endpoint", "an unknown name", "a raw address without an allowed prefix"],
+)
+def test_policy_decides_the_prometheus_target(
+    prom: dict[str, str], address: str | None, refusal: str | None
+) -> None:
+    spec = SPEC.model_copy(deep=True)
+    raw = spec.model_dump(by_alias=True, exclude_none=True)
+    raw["strategy"]["canary"]["analysis"]["metrics"][0]["prometheus"] = {**prom, "query": "up"}
+    (query,) = build_queries(RolloutSpec.model_validate(raw), status(), "ml", policy=POLICY)
+    assert isinstance(query, Query)
+    assert query.address == address
+    if refusal is None:
+        assert query.refused is None
+    else:
+        assert query.refused is not None and refusal in query.refused
+        measured = analysis.measure(query)  # nothing is sent: no resolver, no socket
+        assert measured.refused and refusal in (measured.error or "")
 
 
 def test_interval_lateness_is_bounded() -> None:

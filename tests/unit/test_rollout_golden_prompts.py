@@ -1,6 +1,7 @@
-"""Golden prompts: the http analysis metric's spec checks, its placeholders, and the client
-against a loopback server answering like an OpenAI-compatible chat endpoint with structured
-outputs (good answers, contract breaks, server errors, silence)."""
+"""Golden prompts: the http analysis metric's spec checks, its placeholders, where prompts may
+go, and the client against a loopback server answering like an OpenAI-compatible chat endpoint
+with structured outputs (good answers, contract breaks, server errors, silence); the client may
+reach loopback here, as on a test cluster with --allow-loopback-targets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from whetstone_operator import analysis
+from whetstone_operator.api.platformpolicy import PlatformPolicySpec
 from whetstone_operator.api.rollout import AnalysisMetric, RolloutSpec, RolloutStatus
 from whetstone_operator.reconcile.canary import (
     Measurement,
@@ -24,10 +26,23 @@ from whetstone_operator.reconcile.canary import (
     build_queries,
     judge,
 )
+from whetstone_operator.reconcile.policy import Policy
 
 from tests.loopback import LoopbackServer, QuietHandler
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
+LOOPBACK = analysis.Guard(allow_loopback=True)
+GATEWAY_POLICY = Policy(
+    "team",
+    PlatformPolicySpec.model_validate(
+        {
+            "analysis": {
+                "prometheus": [{"name": "main", "address": "http://p:9090"}],
+                "goldenPromptHosts": ["gateway.istio-system"],
+            }
+        }
+    ),
+)
 GRADE_SCHEMA = {
     "type": "object",
     "required": ["grade", "score"],
@@ -99,6 +114,13 @@ def service(url: str | None) -> ServiceView:
 # ----------------------------------------------------------------------------- the spec
 
 
+def _deep(levels: int) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    for _ in range(levels):
+        node = {"items": node}
+    return node
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -107,8 +129,45 @@ def service(url: str | None) -> ServiceView:
         ({"prompts": []}, "at least 1 item"),
         ({"responseField": "choices[0].message"}, "String should match pattern"),
         ({"timeout": "soon"}, "String should match pattern"),
+        ({"timeout": "2m"}, "at most 60s"),
+        ({"timeout": "0s"}, "more than 0"),
+        ({"responseSchema": {"pattern": "(a)\\1"}}, "not valid RE2 syntax"),
+        ({"responseSchema": {"pattern": "^(?!x)"}}, "without backreferences or lookaround"),
+        ({"responseSchema": {"patternProperties": {"(?<=a)b": {}}}}, "patternProperties"),
+        ({"responseSchema": {"$ref": "http://169.254.169.254/schema"}}, "points outside"),
+        (
+            {"responseSchema": {"patternProperties": {"a": {}}, "unevaluatedProperties": False}},
+            "unevaluatedProperties together with patternProperties",
+        ),
+        ({"responseSchema": {"enum": ["x" * 40000]}}, "at most 32768"),
+        ({"responseSchema": {"items": {"items": {"items": {}}}} | _deep(40)}, "nests deeper"),
+        ({"headers": {"Transfer-Encoding": "chunked"}}, "set by the client"),
+        ({"headers": {"Bad Name": "x"}}, "not an HTTP header name"),
+        ({"headers": {"X-A": "a\r\nHost: evil"}}, "String should match pattern"),
+        ({"headers": {f"X-{i}": "v" for i in range(17)}}, "at most 16 items"),
+        ({"prompts": [{"name": "big", "body": {"x": "y" * 70000}}]}, "at most 65536"),
     ],
-    ids=["unknown type", "required not a list", "no prompts", "bracket path", "bad timeout"],
+    ids=[
+        "unknown type",
+        "required not a list",
+        "no prompts",
+        "bracket path",
+        "bad timeout",
+        "timeout above the ceiling",
+        "zero timeout",
+        "a backreference",
+        "a lookahead",
+        "a lookbehind key",
+        "a remote reference",
+        "unevaluatedProperties with patternProperties",
+        "a schema too large",
+        "a schema too deep",
+        "a framing header",
+        "a header name with a space",
+        "a header value with a line break",
+        "too many headers",
+        "a prompt body too large",
+    ],
 )
 def test_a_wrong_http_metric_is_refused_naming_the_field(
     change: dict[str, Any], message: str
@@ -137,7 +196,7 @@ def test_the_canary_url_comes_from_the_tagged_traffic_entry() -> None:
     spec = spec_with(
         {
             "name": "error-rate",
-            "prometheus": {"address": "http://p:9090", "query": "up"},
+            "prometheus": {"endpoint": "main", "query": "up"},
             "thresholdRange": {"max": 1},
         },
         http_metric(
@@ -148,7 +207,7 @@ def test_the_canary_url_comes_from_the_tagged_traffic_entry() -> None:
         http_metric(["b"]),
     )
     query, gateway, default = build_queries(
-        spec, STATUS, "ml", service("http://latest-grader.ml.example.com/")
+        spec, STATUS, "ml", service("http://latest-grader.ml.example.com/"), GATEWAY_POLICY
     )
     assert isinstance(query, Query)
     assert isinstance(gateway, Probe) and isinstance(default, Probe)
@@ -159,6 +218,7 @@ def test_the_canary_url_comes_from_the_tagged_traffic_entry() -> None:
     }
     assert default.url == "http://latest-grader.ml.example.com/openai/v1/chat/completions"
     assert default.problem is None
+    assert gateway.refused is None and default.refused is None
     assert default.timeout == 30.0
     assert default.prompts[0].body == chat("b")
 
@@ -172,6 +232,7 @@ def test_no_tag_routed_url_is_no_data_with_the_fix() -> None:
         assert probe.problem is not None and "enable-tag-routing" in probe.problem
         measured = analysis.measure(probe)
         assert measured.value is None and measured.error == probe.problem
+        assert not measured.refused
 
 
 # ----------------------------------------------------------------------------- the client
@@ -220,10 +281,14 @@ def probe_for(url: str | None, prompts: list[str], **http: Any) -> Probe:
     ("prompts", "value", "note"),
     [
         (["good", "good"], 1.0, "2 of 2 golden prompts passed"),
-        (["good", "missing-field"], 0.5, "missing-field: schema violation at (root): 'score' is a"),
-        (["wrong-enum"], 0.0, "schema violation at grade: 'excellent' is not one of"),
-        (["good", "prose"], 0.5, "choices.0.message.content is not JSON text"),
-        (["good", "error"], 0.5, "1-error: HTTP 500"),
+        (
+            ["good", "missing-field"],
+            0.5,
+            "missing-field: schema violation at required (required: missing score)",
+        ),
+        (["wrong-enum"], 0.0, "schema violation at properties/grade/enum (enum)"),
+        (["good", "prose"], 0.5, "choices.0.message.content is not JSON text (24 characters)"),
+        (["good", "error"], 0.5, "1-error: HTTP 500 Internal Server Error (31 bytes)"),
         (["no-choices"], 0.0, "the answer has no choices.0.message.content"),
         (["good", "slow"], 0.5, "1-slow: no answer"),
     ],
@@ -240,7 +305,7 @@ def probe_for(url: str | None, prompts: list[str], **http: Any) -> Probe:
 def test_golden_prompts_against_a_model_server(
     canary_url: str, prompts: list[str], value: float, note: str
 ) -> None:
-    measured = analysis.measure(probe_for(canary_url, prompts))
+    measured = analysis.measure(probe_for(canary_url, prompts), LOOPBACK)
     assert measured.error is None
     assert measured.value == value
     assert note in measured.note, measured.note
@@ -248,12 +313,15 @@ def test_golden_prompts_against_a_model_server(
     assert result.passed is (value == 1.0)
     if value < 1.0:
         assert note in result.message
+    # Never the answer's content: the values, the prose, the server's error text.
+    for text in ("excellent", "essay deserves", "CUDA", "'B'"):
+        assert text not in result.message
 
 
 def test_requests_carry_the_body_and_rendered_headers(canary_url: str) -> None:
     _ModelServer.seen.clear()
     probe = probe_for(canary_url, ["good"], headers={"X-Canary": "{{canary}}"})
-    assert analysis.measure(probe).value == 1.0
+    assert analysis.measure(probe, LOOPBACK).value == 1.0
     ((path, headers, body),) = _ModelServer.seen
     assert path == "/openai/v1/chat/completions"
     assert headers["X-Canary"] == "grader-predictor-00002"
@@ -264,16 +332,17 @@ def test_requests_carry_the_body_and_rendered_headers(canary_url: str) -> None:
 def test_the_whole_answer_can_be_checked_without_parsing(canary_url: str) -> None:
     envelope = {"type": "object", "required": ["choices"]}
     probe = probe_for(canary_url, ["prose"], responseField=None, responseSchema=envelope)
-    assert analysis.measure(probe).value == 1.0
+    assert analysis.measure(probe, LOOPBACK).value == 1.0
     as_text = {"type": "string", "pattern": "^The essay"}
     probe = probe_for(canary_url, ["prose"], responseSchema=as_text, parseJson=False)
-    assert analysis.measure(probe).value == 1.0
+    assert analysis.measure(probe, LOOPBACK).value == 1.0
 
 
 def test_no_answer_at_all_is_no_data() -> None:
-    measured = analysis.measure(probe_for("http://127.0.0.1:9", ["good", "error"]))
-    assert measured.value is None
+    measured = analysis.measure(probe_for("http://127.0.0.1:9", ["good", "error"]), LOOPBACK)
+    assert measured.value is None and not measured.refused
     assert measured.error is not None and "no answer from http://127.0.0.1:9" in measured.error
+    assert "connection refused" in measured.error
     result = judge(AnalysisMetric.model_validate(http_metric(["good"])), measured, NOW)
     assert result.passed is None
     assert "noData: inconclusive" in result.message
@@ -294,7 +363,7 @@ def test_a_round_measures_every_check_in_order(canary_url: str) -> None:
     slow = probe_for(canary_url, ["slow"])  # answers after 1.5 s, past its 1 s timeout
     good = dataclasses.replace(slow, metric="good", prompts=probe_for(canary_url, ["good"]).prompts)
     down = Query("error-rate", "http://127.0.0.1:9", "up", 1.0)
-    measured = analysis.measure_all([slow, good, down])
+    measured = analysis.measure_all([slow, good, down], LOOPBACK)
     assert [m.metric for m in measured] == ["golden-prompts", "good", "error-rate"]
     assert measured[0].value is None and measured[0].error is not None  # no answer at all
     assert measured[1].value == 1.0

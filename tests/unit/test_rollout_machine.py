@@ -52,6 +52,16 @@ def nodata() -> tuple[Measurement, ...]:
     return (Measurement("error-rate", None),)
 
 
+def refused() -> tuple[Measurement, ...]:
+    why = "prometheus.endpoint x is not a name in PlatformPolicy team spec.analysis.prometheus"
+    return (Measurement("error-rate", None, why, refused=True),)
+
+
+def condition(sim: Sim, kind: str) -> tuple[str, str, str] | None:
+    found = next((c for c in sim.status.conditions if c.type == kind), None)
+    return None if found is None else (found.status, found.reason, found.message)
+
+
 class Sim:
     """The Rollout's world: an InferenceService that KServe converges, and a clock."""
 
@@ -425,6 +435,37 @@ CASES: dict[str, Case] = {
             and sim.status.handled_commands.resume == "r1"
         ),
     ),
+    "a refused target fails the round whatever noData says, and aborts": Case(
+        build=lambda: Sim([w(5), w(100)], analysis={"metrics": [{**ERROR_RATE, "noData": "pass"}]}),
+        drive=lambda sim: (sim.run(3), analysed(sim, [refused])),
+        phase="Aborted",
+        patches=[(V2.storage_uri, 5), (V1.storage_uri, 0)],
+        events=["AnalysisTargetRefused", "AnalysisFailed", "Aborted"],
+        check=lambda sim: (
+            condition(sim, "AnalysisTargetsAllowed")
+            == (
+                "False",
+                "TargetRefused",
+                "error-rate: prometheus.endpoint x is not a name in PlatformPolicy team "
+                "spec.analysis.prometheus",
+            )
+            and "refused, nothing sent" in (sim.status.abort_reason or "")
+            and "spec.analysis.prometheus" in (sim.status.abort_reason or "")
+        ),
+    ),
+    "a target allowed again clears the refusal": Case(
+        build=lambda: Sim([w(5), w(100)], analysis={"failureLimit": 2}),
+        drive=lambda sim: analysed(sim, [refused, refused, good, good, good]),
+        phase="Succeeded",
+        patches=[(V2.storage_uri, 5), (V2.storage_uri, 100), (V2.storage_uri, None)],
+        # One Event while the same refusal stands.
+        events=["AnalysisTargetRefused", "AnalysisFailed", "AnalysisFailed", "AnalysisPassing"],
+        check=lambda sim: (
+            condition(sim, "AnalysisTargetsAllowed")
+            == ("True", "Allowed", "every analysis target is allowed")
+            and sim.events.count("AnalysisTargetRefused") == 1
+        ),
+    ),
     "paused by command still aborts on a failed analysis": Case(
         build=lambda: Sim([w(5), pause("10s"), w(100)], analysis={}),
         drive=lambda sim: (
@@ -569,3 +610,14 @@ def test_aborted_rollout_keeps_the_stable_version_asserted() -> None:
 def test_weight_at(steps: list[dict[str, Any]], index: int, weight: int) -> None:
     spec = Sim(steps if steps[-1].get("setWeight") == 100 else [*steps, w(100)]).spec
     assert weight_at(spec.strategy.canary.steps, index) == weight
+
+
+def test_a_long_command_value_is_recorded_clipped_and_handled_once() -> None:
+    sim = Sim([w(5), pause(), w(100)])
+    sim.run(3)
+    sim.annotations[PAUSE] = "p" * 5000
+    sim.run(3)
+    assert sim.events.count("PauseRequested") == 1
+    assert sim.status.handled_commands is not None
+    assert sim.status.handled_commands.pause == "p" * 253
+    assert sim.status.paused_by_command == "p" * 253

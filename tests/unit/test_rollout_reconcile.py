@@ -4,12 +4,15 @@ the deployments written to ModelVersions, and the status patch."""
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import yaml
 
+from whetstone_operator import analysis
+from whetstone_operator.api.platformpolicy import PlatformPolicySpec
 from whetstone_operator.api.rollout import PredictorStorage
 from whetstone_operator.approval import Approver, Trust
 from whetstone_operator.reconcile.canary import (
@@ -20,11 +23,13 @@ from whetstone_operator.reconcile.canary import (
 )
 from whetstone_operator.reconcile.canary.kserve import ADAPTER_PATH, BASE_PATH, Desired
 from whetstone_operator.reconcile.core import Obj, apply_merge_patch, status_diff
+from whetstone_operator.reconcile.policy import Policy
 from whetstone_operator.reconcile.rollout import (
     SetDeployment,
     VersionInfo,
     World,
     decide_rollout,
+    due_queries,
     patch_predictor,
     serving_version,
     set_deployment,
@@ -32,6 +37,7 @@ from whetstone_operator.reconcile.rollout import (
 )
 
 from tests.conftest import REPO_ROOT
+from tests.loopback import LoopbackServer, QuietHandler
 
 NOW = datetime(2026, 11, 22, 20, 0, tzinfo=UTC)
 SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/rollout.yaml").read_text())
@@ -553,3 +559,115 @@ def test_a_service_that_did_not_opt_in_is_never_touched(opted_in: str | None) ->
     opted = World(service=service_view(isvc()), versions=world.versions)
     after = decide_rollout(rollout(decision.status), opted, NOW)
     assert after.actions, "once the service opts in, the rollout starts"
+
+
+# ----------------------------------------------------------------------------- analysis answers
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+class _Vault(QuietHandler):
+    """A metrics 'server' and a canary that both answer with cloud credentials."""
+
+    def do_GET(self) -> None:
+        self.reply(200, {"AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "SecretAccessKey": SECRET})
+
+    def do_POST(self) -> None:
+        self.read_json()
+        self.reply(400, {"error": {"message": SECRET}})
+
+
+def _analysing(metrics: list[dict[str, Any]]) -> Obj:
+    spec = copy.deepcopy(SAMPLE["spec"])
+    spec["modelVersion"] = "grader-v2"
+    spec["strategy"]["canary"]["steps"] = [{"setWeight": 5}, {"pause": {}}, {"setWeight": 100}]
+    spec["strategy"]["canary"]["analysis"]["metrics"] = metrics
+    spec["strategy"]["canary"]["analysis"]["failureLimit"] = 3
+    status = {
+        "phase": "Progressing",
+        "currentStepIndex": 1,
+        "canaryWeight": 5,
+        "stableModelVersion": "grader-v1",
+        "canaryModelVersion": "grader-v2",
+        "stableRevision": "grader-predictor-00001",
+        "canaryRevision": "grader-predictor-00002",
+        "stepStartTime": "2026-11-22T19:59:00Z",
+        "stableStorage": {"storageUri": "s3://models/grader/v1/"},
+    }
+    return Obj(name="grader", namespace="ml", generation=1, spec=spec, status=status)
+
+
+def _split(canary_url: str) -> dict[str, Any]:
+    body = isvc(
+        uri="s3://models/grader/v2/",
+        percent=5,
+        created="grader-predictor-00002",
+        ready_rev="grader-predictor-00002",
+        traffic=[("grader-predictor-00002", 5, True), ("grader-predictor-00001", 95, False)],
+    )
+    body["status"]["components"]["predictor"]["traffic"][0]["url"] = canary_url
+    return body
+
+
+def test_no_byte_of_an_answer_reaches_status_events_or_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG")
+    prompts = SAMPLE["spec"]["strategy"]["canary"]["analysis"]["metrics"][2]
+    with LoopbackServer(_Vault) as vault:
+        policy = Policy(
+            "team",
+            PlatformPolicySpec.model_validate(
+                {"analysis": {"prometheus": [{"name": "main", "address": vault.url}]}}
+            ),
+        )
+        obj = _analysing(
+            [
+                {
+                    "name": "vault",
+                    "prometheus": {"endpoint": "main", "query": "up"},
+                    "thresholdRange": {"max": 1},
+                },
+                {**prompts, "http": {**prompts["http"], "responseField": "SecretAccessKey"}},
+            ]
+        )
+        service = service_view(_split(f"{vault.url}/rev/grader-predictor-00002"))
+        checks = due_queries(obj, NOW, service, policy)
+        measured = analysis.measure_all(checks, analysis.Guard(allow_loopback=True))
+    versions = {"grader-v1": V1, "grader-v2": V2}
+    decision = decide_rollout(obj, World(service, versions, measured), NOW)
+    status = apply_merge_patch(obj.status, decision.status)
+    assert status["analysis"]["failures"] == 1  # both metrics failed, the round counted
+    results = {r["metric"]: r["message"] for r in status["analysis"]["lastResults"]}
+    assert "answered 102 bytes that are not a successful query result" in results["vault"]
+    assert "golden prompt essay-short: HTTP 400 Bad Request" in results["golden-prompts"]
+    shown = json.dumps([status, [e.message for e in decision.events]]) + caplog.text
+    for secret in (SECRET, "wJalr", "AKIA", "EXAMPLE"):
+        assert secret not in shown
+
+
+def test_a_refused_target_is_a_condition_and_an_event_and_nothing_is_sent() -> None:
+    obj = _analysing(
+        [
+            {
+                "name": "metadata",
+                "prometheus": {"address": "http://user:pw@169.254.169.254/latest", "query": "up"},
+                "thresholdRange": {"max": 1},
+            }
+        ]
+    )
+    service = service_view(_split("http://latest-grader.ml.example.com"))
+    (check,) = due_queries(obj, NOW, service)  # no PlatformPolicy: the built-in default
+    measured = analysis.measure_all([check])  # refused before any I/O
+    decision = decide_rollout(
+        obj, World(service, {"grader-v1": V1, "grader-v2": V2}, measured), NOW
+    )
+    status = apply_merge_patch(obj.status, decision.status)
+    allowed = next(c for c in status["conditions"] if c["type"] == "AnalysisTargetsAllowed")
+    assert allowed["status"] == "False" and allowed["reason"] == "TargetRefused"
+    assert "PlatformPolicy built-in default spec.analysis.allowAddresses" in allowed["message"]
+    events = {e.reason: e.message for e in decision.events}
+    assert "spec.analysis.allowAddresses" in events["AnalysisTargetRefused"]
+    assert "refused, nothing sent" in status["analysis"]["lastResults"][0]["message"]
+    assert status["analysis"]["lastResults"][0]["passed"] is False
+    assert "user:pw" not in json.dumps(status)

@@ -115,6 +115,14 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         help="re-reconcile every unfinished Rollout this often (pauses and analysis rounds "
         "are only as punctual as this)",
     )
+    parser.add_argument(
+        "--allow-loopback-targets",
+        action="store_true",
+        default=env("WHETSTONE_ALLOW_LOOPBACK_TARGETS", "").lower() in ("1", "true", "yes"),
+        help="let Rollout analysis reach loopback addresses (e.g. a Prometheus on 127.0.0.1): "
+        "for test and development clusters only, never in production; link-local, metadata and "
+        "API server addresses stay refused",
+    )
     args = parser.parse_args(argv)
     if args.resync_seconds <= 0 or args.rollout_resync_seconds <= 0:
         parser.error("resync periods must be positive")
@@ -140,6 +148,7 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         priority=int(env("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30),
         resync_seconds=args.resync_seconds,
         rollout_resync_seconds=args.rollout_resync_seconds,
+        allow_loopback_targets=args.allow_loopback_targets,
         approval_key=read_approval_key(os.environ),
         trainer=trainer_defaults(
             args.trainer_image,
@@ -158,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if options.verbose else logging.INFO, handlers=[handler]
     )
     configure(options)
+    if options.allow_loopback_targets:
+        logging.getLogger(__name__).warning(
+            "analysis may reach loopback addresses (--allow-loopback-targets): test clusters only"
+        )
     if options.webhook_port:
         from whetstone_operator import webhooks  # noqa: F401  (registers admission handlers)
     kopf.run(

@@ -43,6 +43,9 @@ class OperatorOptions:
     # rollout_resync_seconds, since pauses and analysis rounds fall due on the clock.
     resync_seconds: float = 10.0
     rollout_resync_seconds: float = 1.0
+    # Analysis may reach loopback addresses (Prometheus on 127.0.0.1): test and development
+    # clusters only; the API server's own port stays refused.
+    allow_loopback_targets: bool = False
     # Signs approvals and verifications; see signing_key().
     approval_key: bytes | None = field(default=None, repr=False)
     trainer: TrainerDefaults = field(default_factory=TrainerDefaults)

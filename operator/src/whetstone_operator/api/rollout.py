@@ -2,19 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any, Literal
+import json
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from whetstone_contract.base import CamelModel
 from whetstone_operator.api.common import (
+    DNS_LABEL,
     DNS_SUBDOMAIN,
     DURATION,
     KindInfo,
     StatusBase,
     parse_duration,
 )
+
+# Every outbound analysis request ends within this; the schema holds timeouts to it as well
+# (TIMEOUT: 0-60s, up to 60000ms or 1m; the models give the clearer message).
+MAX_TIMEOUT_SECONDS = 60.0
+TIMEOUT = r"^(([0-5]?[0-9](\.[0-9]{1,3})?|60)s|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms|1m)$"
+# Free-form JSON the operator keeps in memory and sends or checks every round.
+PROMPT_BODY_BYTES = 64 * 1024
+RESPONSE_SCHEMA_BYTES = 32 * 1024
+RESPONSE_SCHEMA_DEPTH = 32
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
+# Framing and hop-by-hop headers are the client's; Host may only name the canary (checked
+# when the URL is known).
+RESERVED_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
+)
+# Status bounds. Values the operator copies in from elsewhere (annotations, messages) are
+# clipped on the way in, so a status written before a bound existed still parses.
+NAME_MAX = 253
+TIME_MAX = 64
+URI_MAX = 2048
+COMMAND_MAX = 253  # a command annotation's value as recorded (longer values are clipped)
+REASON_MAX = 32768
+
+
+def _clip(limit: int) -> BeforeValidator:
+    return BeforeValidator(lambda v: v[:limit] if isinstance(v, str) else v)
+
+
+ResultMessage = Annotated[str, _clip(1024), Field(max_length=1024)]
+Command = Annotated[str, _clip(COMMAND_MAX), Field(max_length=COMMAND_MAX)]
+
+
+def _timeout(value: str) -> str:
+    if not 0 < parse_duration(value) <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"a timeout is more than 0 and at most {MAX_TIMEOUT_SECONDS:g}s")
+    return value
 
 
 class PauseStep(CamelModel):
@@ -70,12 +111,33 @@ class CanaryStep(CamelModel):
 
 
 class PrometheusQuery(CamelModel):
-    """A PromQL query returning one number."""
+    """A PromQL query returning one number, sent to a Prometheus the platform allows: one it
+    names (endpoint), or an address under a prefix its PlatformPolicy allows."""
 
-    address: str = Field(
-        pattern=r"^https?://.+$",
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.endpoint) != has(self.address)",
+                    "message": "prometheus has exactly one of endpoint, address",
+                }
+            ]
+        }
+    )
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Name of a Prometheus endpoint in the namespace's PlatformPolicy "
+        "(spec.analysis.prometheus[].name), e.g. main.",
+    )
+    address: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
         max_length=2048,
-        description="Prometheus base URL, e.g. http://prometheus.monitoring:9090.",
+        description="Prometheus base URL, e.g. http://prometheus.monitoring:9090; only under a "
+        "prefix in the PlatformPolicy's spec.analysis.allowAddresses (prefer endpoint).",
     )
     query: str = Field(
         min_length=1,
@@ -84,8 +146,36 @@ class PrometheusQuery(CamelModel):
         "{{inferenceService}} are replaced before the query runs.",
     )
     timeout: str = Field(
-        default="10s", pattern=DURATION, max_length=64, description="Query timeout."
+        default="10s",
+        pattern=DURATION,
+        max_length=64,
+        description="Total time the query may take, at most 60s.",
+        json_schema_extra={"pattern": TIMEOUT},
     )
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, v: str) -> str:
+        return _timeout(v)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PrometheusQuery:
+        if (self.endpoint is None) == (self.address is None):
+            found = "both" if self.endpoint is not None else "neither"
+            raise ValueError(f"prometheus has exactly one of endpoint, address (found {found})")
+        return self
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
 
 
 class GoldenPrompt(CamelModel):
@@ -95,25 +185,124 @@ class GoldenPrompt(CamelModel):
         min_length=1, max_length=128, pattern=DNS_SUBDOMAIN, description="Name of the prompt."
     )
     body: dict[str, Any] = Field(
+        max_length=64,
         description="JSON request body sent as is, e.g. an OpenAI chat completion request "
-        "with messages and response_format."
+        "with messages and response_format (at most 64 KiB as JSON).",
     )
+
+    @field_validator("body")
+    @classmethod
+    def _small_body(cls, v: dict[str, Any]) -> dict[str, Any]:
+        size = _json_size(v)
+        if size > PROMPT_BODY_BYTES:
+            raise ValueError(f"body is {size} bytes as JSON; at most {PROMPT_BODY_BYTES}")
+        return v
+
+
+class PatternError(ValueError):
+    """A regular expression RE2 does not accept."""
+
+
+@functools.lru_cache(maxsize=512)
+def compile_pattern(pattern: str) -> Any:
+    """`pattern` compiled with RE2, which matches in time linear in the text: a tenant's
+    pattern never runs on a backtracking engine. Raises PatternError."""
+    # Imported here: only Rollouts with an http metric need it.
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        text = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise PatternError(text) from exc
+
+
+def _walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, (*path, str(i)))
+
+
+def _where(path: Any) -> str:
+    return "/".join(str(p) for p in path) or "(root)"
+
+
+def _schema_limits(schema: dict[str, Any]) -> None:
+    size = _json_size(schema)
+    if size > RESPONSE_SCHEMA_BYTES:
+        raise ValueError(f"is {size} bytes as JSON; at most {RESPONSE_SCHEMA_BYTES}")
+    if _depth(schema) > RESPONSE_SCHEMA_DEPTH:
+        raise ValueError(f"nests deeper than {RESPONSE_SCHEMA_DEPTH} levels")
+    keywords: set[str] = set()
+    for path, node in _walk(schema):
+        if not isinstance(node, dict):
+            continue
+        keywords.update(k for k in node if isinstance(k, str))
+        for key in ("$ref", "$dynamicRef", "$recursiveRef"):
+            ref = node.get(key)
+            if isinstance(ref, str) and not ref.startswith("#"):
+                raise ValueError(
+                    f"{key} at {_where(path)} points outside the schema ({ref[:100]!r}): only "
+                    "references within it (#...) are allowed, nothing is fetched"
+                )
+        patterns = node.get("patternProperties")
+        if isinstance(patterns, dict):
+            for pattern in patterns:
+                _check_pattern(pattern, (*path, "patternProperties"))
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            _check_pattern(pattern, (*path, "pattern"))
+    if {"unevaluatedProperties", "patternProperties"} <= keywords:
+        raise ValueError(
+            "unevaluatedProperties together with patternProperties is not supported: "
+            "use additionalProperties"
+        )
+
+
+def _check_pattern(pattern: str, path: tuple[str, ...]) -> None:
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        raise ValueError(
+            f"the regular expression at {_where(path)} ({pattern[:100]!r}) is not valid RE2 "
+            f"syntax ({exc}): patterns run on RE2 (linear time), without backreferences or "
+            "lookaround"
+        ) from exc
+
+
+def _regex_format_checker(validator_class: Any) -> Any:
+    """The dialect's format checks, with `regex` judged by RE2 (never Python's re)."""
+    import jsonschema
+
+    formats = [f for f in validator_class.FORMAT_CHECKER.checkers if f != "regex"]
+    checker = jsonschema.FormatChecker(formats=formats)
+    checker.checks("regex", raises=PatternError)(lambda text: bool(compile_pattern(text)))
+    return checker
 
 
 def check_json_schema(schema: dict[str, Any]) -> None:
     """Raise ValueError when `schema` is not a valid JSON Schema (its $schema dialect, else
-    2020-12)."""
+    2020-12) the operator will run: bounded in size and depth, references only within it,
+    every pattern valid RE2."""
     # Imported here: only Rollouts with an http metric need it, and the operator's memory
     # at scale counts every import.
     import jsonschema
 
+    _schema_limits(schema)
+    validator_class = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
     try:
-        jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(
-            schema
-        )
+        validator_class.check_schema(schema, format_checker=_regex_format_checker(validator_class))
     except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from exc
+        raise ValueError(
+            f"not a valid JSON Schema at {_where(exc.absolute_path)}: {exc.message[:300]}"
+        ) from exc
 
 
 class HttpCheck(CamelModel):
@@ -130,10 +319,12 @@ class HttpCheck(CamelModel):
         'serving.kserve.io/enable-tag-routing: "true"); {{canaryHost}}, {{canary}}, '
         "{{namespace}} and {{inferenceService}} are also replaced.",
     )
-    headers: dict[str, str] = Field(
+    headers: dict[str, Annotated[str, Field(max_length=4096, pattern=r"^[^\r\n]*$")]] = Field(
         default_factory=dict,
+        max_length=16,
         description="Extra request headers, placeholders replaced as in url (e.g. "
-        "Host: {{canaryHost}} when url names the ingress gateway).",
+        "Host: {{canaryHost}} when url names the ingress gateway: Host may only name the "
+        "canary). Plain text in the spec: put no credentials here.",
     )
     prompts: list[GoldenPrompt] = Field(
         min_length=1, max_length=50, description="The golden prompts, sent four at a time."
@@ -151,11 +342,33 @@ class HttpCheck(CamelModel):
         "outputs arrive as JSON text in the message content).",
     )
     response_schema: dict[str, Any] = Field(
-        description="JSON Schema (2020-12 unless $schema says otherwise) every answer must match."
+        max_length=64,
+        description="JSON Schema (2020-12 unless $schema says otherwise) every answer must match; "
+        "at most 32 KiB as JSON, references only within it, pattern and patternProperties in "
+        "RE2 syntax (no backreferences or lookaround).",
     )
     timeout: str = Field(
-        default="30s", pattern=DURATION, max_length=64, description="Timeout of each request."
+        default="30s",
+        pattern=DURATION,
+        max_length=64,
+        description="Total time each request may take, at most 60s.",
+        json_schema_extra={"pattern": TIMEOUT},
     )
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, v: str) -> str:
+        return _timeout(v)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:130]!r} is not an HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by the client, not the spec")
+        return v
 
     @field_validator("response_schema")
     @classmethod
@@ -220,7 +433,9 @@ class AnalysisMetric(CamelModel):
         min_length=1, max_length=128, pattern=DNS_SUBDOMAIN, description="Name of the metric."
     )
     prometheus: PrometheusQuery | None = Field(
-        default=None, description="A PromQL query returning one number."
+        default=None,
+        description="A PromQL query returning one number, sent to a Prometheus the namespace's "
+        "PlatformPolicy names (endpoint) or allows (address).",
     )
     http: HttpCheck | None = Field(
         default=None,
@@ -339,6 +554,7 @@ class RolloutSpec(CamelModel):
     progress_deadline_seconds: int = Field(
         default=600,
         ge=1,
+        le=7 * 24 * 3600,
         description="Abort when a step makes no progress (e.g. canary not ready) for this long.",
     )
 
@@ -352,21 +568,25 @@ ROLLOUT_FINISHED: tuple[RolloutPhase, ...] = ("Succeeded", "Failed")
 class AnalysisResult(CamelModel):
     """One metric's latest result."""
 
-    metric: str = Field(description="Metric name.")
+    metric: str = Field(max_length=128, description="Metric name.")
     value: float | None = Field(default=None, description="Measured value (absent: no data).")
     passed: bool | None = Field(default=None, description="true, false, or absent: inconclusive.")
-    time: str | None = Field(default=None, description="When it was measured (RFC 3339).")
-    message: str = Field(default="", description="Detail, e.g. the query error.")
+    time: str | None = Field(
+        default=None, max_length=64, description="When it was measured (RFC 3339)."
+    )
+    message: ResultMessage = Field(
+        default="", description="Detail, e.g. the query error (never the answer's content)."
+    )
 
 
 class AnalysisRound(CamelModel):
     """The outcome of one analysis round."""
 
-    time: str = Field(description="When the round ran (RFC 3339).")
+    time: str = Field(max_length=64, description="When the round ran (RFC 3339).")
     outcome: Literal["Successful", "Failed", "Inconclusive"] = Field(
         description="Successful, Failed (a metric out of range) or Inconclusive (no data)."
     )
-    message: str = Field(default="", description="The metrics that decided the outcome.")
+    message: ResultMessage = Field(default="", description="The metrics that decided the outcome.")
 
 
 class AnalysisStatus(CamelModel):
@@ -379,21 +599,27 @@ class AnalysisStatus(CamelModel):
     consecutive_inconclusive: int = Field(
         default=0, ge=0, description="Inconclusive rounds in a row."
     )
-    last_run_time: str | None = Field(default=None, description="When the last round ran.")
+    last_run_time: str | None = Field(
+        default=None, max_length=TIME_MAX, description="When the last round ran."
+    )
     last_results: list[AnalysisResult] = Field(
-        default_factory=list, description="Results of the last round."
+        default_factory=list, max_length=32, description="Results of the last round."
     )
     history: list[AnalysisRound] = Field(
-        default_factory=list, description="Outcomes of the most recent rounds, oldest first."
+        default_factory=list,
+        max_length=32,
+        description="Outcomes of the most recent rounds, oldest first.",
     )
 
 
 class StorageUri(CamelModel):
     """One entry of a predictor's storageUris (KServe's StorageUri)."""
 
-    uri: str = Field(description="Model location.")
+    uri: str = Field(max_length=URI_MAX, description="Model location.")
     mount_path: str | None = Field(
-        default=None, description="Where it is mounted in the container (KServe: /mnt/models)."
+        default=None,
+        max_length=1024,
+        description="Where it is mounted in the container (KServe: /mnt/models).",
     )
 
     @model_validator(mode="before")
@@ -410,21 +636,25 @@ class PredictorStorage(CamelModel):
     """What an InferenceService predictor loads: storageUri or storageUris."""
 
     storage_uri: str | None = Field(
-        default=None, description="spec.predictor.model.storageUri of the InferenceService."
+        default=None,
+        max_length=URI_MAX,
+        description="spec.predictor.model.storageUri of the InferenceService.",
     )
     storage_uris: list[StorageUri] | None = Field(
-        default=None, description="spec.predictor.storageUris (base model + adapter)."
+        default=None,
+        max_length=16,
+        description="spec.predictor.storageUris (base model + adapter).",
     )
 
 
 class HandledCommands(CamelModel):
     """The annotation values the controller has acted on (a new value is a new command)."""
 
-    promote: str | None = Field(default=None, description="Last handled whetstone.dev/promote.")
-    abort: str | None = Field(default=None, description="Last handled whetstone.dev/abort.")
-    retry: str | None = Field(default=None, description="Last handled whetstone.dev/retry.")
-    pause: str | None = Field(default=None, description="Last handled whetstone.dev/pause.")
-    resume: str | None = Field(default=None, description="Last handled whetstone.dev/resume.")
+    promote: Command | None = Field(default=None, description="Last handled whetstone.dev/promote.")
+    abort: Command | None = Field(default=None, description="Last handled whetstone.dev/abort.")
+    retry: Command | None = Field(default=None, description="Last handled whetstone.dev/retry.")
+    pause: Command | None = Field(default=None, description="Last handled whetstone.dev/pause.")
+    resume: Command | None = Field(default=None, description="Last handled whetstone.dev/resume.")
 
 
 class RolloutStatus(StatusBase):
@@ -444,33 +674,48 @@ class RolloutStatus(StatusBase):
     )
     canary_weight: int = Field(default=0, ge=0, le=100, description="Traffic to the canary (%).")
     stable_model_version: str | None = Field(
-        default=None, description="ModelVersion serving the rest of the traffic."
+        default=None,
+        max_length=NAME_MAX,
+        description="ModelVersion serving the rest of the traffic.",
     )
     canary_model_version: str | None = Field(
-        default=None, description="ModelVersion being rolled out."
+        default=None, max_length=NAME_MAX, description="ModelVersion being rolled out."
     )
     step_start_time: str | None = Field(
-        default=None, description="When the current step's clock started (RFC 3339)."
+        default=None,
+        max_length=TIME_MAX,
+        description="When the current step's clock started (RFC 3339).",
     )
     analysis: AnalysisStatus | None = Field(default=None, description="Analysis totals.")
-    abort_reason: str | None = Field(default=None, description="Why the rollout was aborted.")
+    abort_reason: Annotated[str, _clip(REASON_MAX)] | None = Field(
+        default=None, max_length=REASON_MAX, description="Why the rollout was aborted."
+    )
     stable_revision: str | None = Field(
-        default=None, description="KServe revision serving the stable version ({{stable}})."
+        default=None,
+        max_length=NAME_MAX,
+        description="KServe revision serving the stable version ({{stable}}).",
     )
     canary_revision: str | None = Field(
-        default=None, description="KServe revision serving the canary ({{canary}})."
+        default=None,
+        max_length=NAME_MAX,
+        description="KServe revision serving the canary ({{canary}}).",
     )
     stable_storage: PredictorStorage | None = Field(
         default=None, description="The stable predictor storage, restored on abort."
     )
     not_ready_since: str | None = Field(
         default=None,
+        max_length=TIME_MAX,
         description="Since when the canary has not been ready with the desired traffic split "
         "(the progressDeadlineSeconds clock).",
     )
-    start_time: str | None = Field(default=None, description="When the rollout started.")
-    completion_time: str | None = Field(default=None, description="When the rollout was promoted.")
-    paused_by_command: str | None = Field(
+    start_time: str | None = Field(
+        default=None, max_length=TIME_MAX, description="When the rollout started."
+    )
+    completion_time: str | None = Field(
+        default=None, max_length=TIME_MAX, description="When the rollout was promoted."
+    )
+    paused_by_command: Command | None = Field(
         default=None,
         description="Set while held by whetstone.dev/pause (its value); whetstone.dev/resume or "
         "whetstone.dev/promote clears it.",

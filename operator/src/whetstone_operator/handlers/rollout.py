@@ -8,6 +8,9 @@ previous run has just moved on would repeat or undo a step (or count a round twi
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -16,7 +19,7 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, Gauge
 
-from whetstone_operator import analysis, settings
+from whetstone_operator import analysis, k8s, settings
 from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.rollout import ROLLOUT_FINISHED
 from whetstone_operator.approval import assess, signed_parts
@@ -41,6 +44,7 @@ ANALYSIS_ROUNDS = Counter(
     ["namespace", "rollout", "outcome"],
 )
 ABORTS = Counter("whetstone_rollout_aborts", "Rollouts aborted.", ["namespace", "rollout"])
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -110,8 +114,8 @@ def observe(obj: Obj, indexes: Mapping[str, Any], now: datetime) -> World:
     versions = _versions(obj.namespace, indexes)
     wanted = str(obj.spec.get("modelVersion") or "")
     candidate = versions.get(wanted)
+    policy = namespace_policy(obj.namespace, indexes)
     if candidate is not None:
-        policy = namespace_policy(obj.namespace, indexes)
         trust = assess(
             settings.signing_key(),
             candidate.record,
@@ -119,11 +123,39 @@ def observe(obj: Obj, indexes: Mapping[str, Any], now: datetime) -> World:
             policy=policy.name,
         )
         versions[wanted] = replace(candidate, trust=trust)
-    queries = due_queries(obj, now, service)
+    queries = due_queries(obj, now, service, policy)
     return World(
         service=service,
         versions=versions,
-        measurements=analysis.measure_all(queries) if queries else None,
+        measurements=analysis.measure_all(queries, guard()) if queries else None,
+    )
+
+
+_API_SERVERS: tuple[float, frozenset[tuple[str, int]]] | None = None
+API_SERVERS_TTL = 300.0
+
+
+def guard() -> analysis.Guard:
+    """The address rules of analysis requests: the operator's own options (tenants cannot set
+    them) and the API server's addresses (the kubeconfig's or in-cluster host, resolved at
+    most every few minutes)."""
+    global _API_SERVERS
+    clock = time.monotonic()
+    if _API_SERVERS is None or clock - _API_SERVERS[0] > API_SERVERS_TTL:
+        urls = []
+        try:
+            urls.append(str(k8s.configuration().host))
+        except Exception:  # no credentials here (tests): the environment may still say
+            log.debug("no API server address from the credentials", exc_info=True)
+        host, port = (
+            os.environ.get("KUBERNETES_SERVICE_HOST"),
+            os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
+        )
+        if host:
+            urls.append(f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}")
+        _API_SERVERS = (clock, analysis.api_server_addresses(urls))
+    return analysis.Guard(
+        allow_loopback=settings.OPTIONS.allow_loopback_targets, api_servers=_API_SERVERS[1]
     )
 
 

@@ -41,6 +41,7 @@ from whetstone_operator.reconcile.canary import (
 from whetstone_operator.reconcile.canary.kserve import is_applied
 from whetstone_operator.reconcile.core import Decision, Draft, Obj, Patch, UpdateStatus
 from whetstone_operator.reconcile.modelversion import evaluate_gate
+from whetstone_operator.reconcile.policy import Policy
 from whetstone_operator.reconcile.validation import check_spec
 
 
@@ -198,15 +199,18 @@ def _parse_spec(raw: Mapping[str, Any]) -> RolloutSpec | None:
         return None
 
 
-def due_queries(obj: Obj, now: datetime, service: ServiceView | None = None) -> list[Check]:
-    """The analysis checks to run before deciding (empty when no round is due)."""
+def due_queries(
+    obj: Obj, now: datetime, service: ServiceView | None = None, policy: Policy | None = None
+) -> list[Check]:
+    """The analysis checks to run before deciding (empty when no round is due); a target the
+    namespace's `policy` refuses comes as a refused check, for which nothing is sent."""
     spec = _parse_spec(obj.spec)
     if spec is None:
         return []
     status = _parse_status(obj.status)
     if not analysis_due(spec, status, now):
         return []
-    return build_queries(spec, status, obj.namespace, service)
+    return build_queries(spec, status, obj.namespace, service, policy)
 
 
 def _deployment(rollout: str, service: str, percent: int, role: str) -> dict[str, Any]:

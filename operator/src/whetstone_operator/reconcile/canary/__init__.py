@@ -30,6 +30,15 @@ from whetstone_operator.reconcile.canary.machine import (
     step,
     weight_at,
 )
+from whetstone_operator.reconcile.canary.targets import (
+    Target,
+    address_refusal,
+    display,
+    is_under,
+    parse_target,
+    prometheus_address,
+    prompt_refusal,
+)
 
 __all__ = [
     "ABORT",
@@ -46,14 +55,21 @@ __all__ = [
     "Query",
     "ServiceView",
     "StepResult",
+    "Target",
     "Traffic",
+    "address_refusal",
     "advance",
     "analysis_due",
     "build_predictor_patch",
     "build_queries",
     "candidate_storage",
     "check_ready",
+    "display",
+    "is_under",
     "judge",
+    "parse_target",
+    "prometheus_address",
+    "prompt_refusal",
     "render_query",
     "round_outcome",
     "same_storage",

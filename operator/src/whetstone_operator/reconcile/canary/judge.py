@@ -3,6 +3,11 @@
 A round runs one check per metric: a Prometheus query (`Query`) or golden prompts sent to the
 canary over HTTP (`Probe`); either gives one number (`Measurement`), judged by the metric's
 thresholdRange. The I/O lives in `whetstone_operator.analysis`.
+
+A check whose target the namespace's PlatformPolicy refuses is built already refused: nothing is
+sent, and its metric fails whatever `noData` says. Failing, not inconclusive: a target that can
+never answer would otherwise hold the canary at its first weight for good (or, with noData:
+pass, let it through unchecked), and rolling back is the safe end.
 """
 
 from __future__ import annotations
@@ -24,19 +29,24 @@ from whetstone_operator.api.rollout import (
     RolloutStatus,
 )
 from whetstone_operator.reconcile.canary.kserve import ServiceView
+from whetstone_operator.reconcile.canary.targets import prometheus_address, prompt_refusal
+from whetstone_operator.reconcile.policy import Policy
 
 Outcome = Literal["Successful", "Failed", "Inconclusive"]
+MESSAGE_MAX = 1024  # AnalysisResult.message
+DETAIL_MAX = 4096  # a round's summary
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 @dataclass(frozen=True)
 class Query:
-    """One metric's query, placeholders filled in."""
+    """One metric's query, placeholders filled in (address None: `refused` says why)."""
 
     metric: str
-    address: str
+    address: str | None
     query: str
     timeout: float
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class Prompt:
 @dataclass(frozen=True)
 class Probe:
     """One metric's golden prompts, placeholders filled in (url None: no canary URL known,
-    `problem` says why)."""
+    `problem` says why; `refused`: the policy does not allow the URL)."""
 
     metric: str
     url: str | None
@@ -61,6 +71,7 @@ class Probe:
     schema: Mapping[str, Any]
     timeout: float
     problem: str | None = None
+    refused: str | None = None
 
 
 Check = Query | Probe
@@ -69,12 +80,14 @@ Check = Query | Probe
 @dataclass(frozen=True)
 class Measurement:
     """What a check returned: a value, nothing (None) or an error; `note` adds detail (e.g.
-    which golden prompt failed)."""
+    which golden prompt failed); `refused`: the target was not allowed and nothing was sent
+    (`error` says why). Every text is in the operator's words, never the answer's content."""
 
     metric: str
     value: float | None
     error: str | None = None
     note: str = ""
+    refused: bool = False
 
 
 def render_query(text: str, variables: Mapping[str, str]) -> str:
@@ -103,9 +116,12 @@ def build_queries(
     status: RolloutStatus,
     namespace: str,
     service: ServiceView | None = None,
+    policy: Policy | None = None,
 ) -> list[Check]:
     """The round's checks with {{canary}}, {{stable}}, {{namespace}}, {{inferenceService}}
-    and, for golden prompts, {{canaryUrl}} and {{canaryHost}} (from `service`'s traffic)."""
+    and, for golden prompts, {{canaryUrl}} and {{canaryHost}} (from `service`'s traffic);
+    targets `policy` (the namespace's; the built-in default when None) refuses come refused."""
+    policy = policy or Policy()
     analysis = spec.strategy.canary.analysis
     if analysis is None:
         return []
@@ -119,12 +135,14 @@ def build_queries(
     checks: list[Check] = []
     for m in analysis.metrics:
         if m.prometheus is not None:
+            address, not_allowed = prometheus_address(m.prometheus, policy)
             checks.append(
                 Query(
                     metric=m.name,
-                    address=m.prometheus.address,
+                    address=address,
                     query=render_query(m.prometheus.query, variables),
                     timeout=parse_duration(m.prometheus.timeout),
+                    refused=not_allowed,
                 )
             )
             continue
@@ -135,7 +153,8 @@ def build_queries(
             probe_vars["canaryUrl"] = canary_url.rstrip("/")
             probe_vars["canaryHost"] = urlparse(canary_url).netloc
         url: str | None = render_query(http.url, probe_vars)
-        problem = None
+        headers = {k: render_query(v, probe_vars) for k, v in http.headers.items()}
+        problem = refused = None
         if _PLACEHOLDER.search(url or ""):
             problem = (
                 f"InferenceService {spec.inference_service.name} reports no URL for the canary "
@@ -143,17 +162,20 @@ def build_queries(
                 'serving.kserve.io/enable-tag-routing: "true", or set http.url'
             )
             url = None
+        else:
+            refused = prompt_refusal(url or "", canary_url, headers, policy)
         checks.append(
             Probe(
                 metric=m.name,
                 url=url,
-                headers={k: render_query(v, probe_vars) for k, v in http.headers.items()},
+                headers=headers,
                 prompts=tuple(Prompt(p.name, p.body) for p in http.prompts),
                 response_field=http.response_field,
                 parse_json=http.parse_json,
                 schema=http.response_schema,
                 timeout=parse_duration(http.timeout),
                 problem=problem,
+                refused=refused,
             )
         )
     return checks
@@ -169,6 +191,13 @@ def _bounds(metric: AnalysisMetric) -> str:
 def judge(metric: AnalysisMetric, measured: Measurement | None, now: datetime) -> AnalysisResult:
     """One metric's result: in range, out of range, or no data (then `noData` decides)."""
     stamp = format_time(now)
+    if measured is not None and measured.refused:
+        return AnalysisResult(
+            metric=metric.name,
+            passed=False,
+            time=stamp,
+            message=f"refused, nothing sent: {measured.error}"[:MESSAGE_MAX],
+        )
     value = measured.value if measured is not None else None
     if value is not None and math.isnan(value):
         value = None
@@ -179,7 +208,7 @@ def judge(metric: AnalysisMetric, measured: Measurement | None, now: datetime) -
             metric=metric.name,
             passed=passed,
             time=stamp,
-            message=f"{why} (noData: {metric.no_data})",
+            message=f"{why[: MESSAGE_MAX - 40]} (noData: {metric.no_data})",
         )
     low, high = metric.threshold_range.min, metric.threshold_range.max
     ok = (low is None or value >= low) and (high is None or value <= high)
@@ -190,7 +219,7 @@ def judge(metric: AnalysisMetric, measured: Measurement | None, now: datetime) -
         value=value,
         passed=ok,
         time=stamp,
-        message=f"{value:g} is {verdict} the range ({_bounds(metric)}){note}"[:1024],
+        message=f"{value:g} is {verdict} the range ({_bounds(metric)}){note}"[:MESSAGE_MAX],
     )
 
 
@@ -202,11 +231,10 @@ def judge_round(
 
 
 def round_outcome(results: Sequence[AnalysisResult]) -> tuple[Outcome, str]:
-    """Failed if any metric failed, else Inconclusive if any had no verdict, else Successful."""
+    """Failed if any metric failed, else Inconclusive if any had no verdict, else Successful;
+    the detail (which goes into conditions, Events and the abort reason) is bounded."""
     failed = [r for r in results if r.passed is False]
-    if failed:
-        return "Failed", "; ".join(f"{r.metric}: {r.message}" for r in failed)
     unknown = [r for r in results if r.passed is None]
-    if unknown:
-        return "Inconclusive", "; ".join(f"{r.metric}: {r.message}" for r in unknown)
-    return "Successful", "; ".join(f"{r.metric}: {r.message}" for r in results)
+    outcome: Outcome = "Failed" if failed else "Inconclusive" if unknown else "Successful"
+    shown = failed or unknown or list(results)
+    return outcome, "; ".join(f"{r.metric}: {r.message}" for r in shown)[:DETAIL_MAX]

@@ -86,14 +86,18 @@ def _storage(predictor: Mapping[str, Any]) -> PredictorStorage:
     # KServe: spec.predictor.model.storageUri, or several on spec.predictor.storageUris.
     uris = predictor.get("storageUris")
     entries = None
+    # Built unchecked: a view of someone else's object must not fail on values beyond the
+    # bounds of our status (a status write would say so instead).
     if isinstance(uris, list):
         entries = [
-            StorageUri(uri=str(u.get("uri", "")), mount_path=u.get("mountPath"))
+            StorageUri.model_construct(uri=str(u.get("uri", "")), mount_path=u.get("mountPath"))
             for u in uris
             if isinstance(u, Mapping)
         ]
     uri = (predictor.get("model", {}) or {}).get("storageUri")
-    return PredictorStorage(storage_uri=str(uri) if uri else None, storage_uris=entries or None)
+    return PredictorStorage.model_construct(
+        storage_uri=str(uri) if uri else None, storage_uris=entries or None
+    )
 
 
 def service_view(body: Mapping[str, Any]) -> ServiceView:

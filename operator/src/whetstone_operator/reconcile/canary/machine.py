@@ -26,9 +26,8 @@ from whetstone_operator.api.common import (
 )
 from whetstone_operator.api.names import ABORT, PAUSE, PROMOTE, RESUME, RETRY
 from whetstone_operator.api.rollout import (
-    ROLLOUT_ACTIVE as ACTIVE,
-)
-from whetstone_operator.api.rollout import (
+    COMMAND_MAX,
+    REASON_MAX,
     AnalysisRound,
     AnalysisStatus,
     CanaryStep,
@@ -37,6 +36,9 @@ from whetstone_operator.api.rollout import (
     RolloutPhase,
     RolloutSpec,
     RolloutStatus,
+)
+from whetstone_operator.api.rollout import (
+    ROLLOUT_ACTIVE as ACTIVE,
 )
 from whetstone_operator.reconcile.canary.judge import Measurement, judge_round, round_outcome
 from whetstone_operator.reconcile.canary.kserve import (
@@ -187,6 +189,8 @@ class _Machine:
         new = {}
         for key, name in (*COMMANDS, ("promote", PROMOTE)):
             value = self.obs.annotations.get(name)
+            # Recorded clipped: compared clipped, or a long value would be new every time.
+            value = value[:COMMAND_MAX] if value is not None else None
             if value is not None and value != getattr(handled, key):
                 new[key] = value
         return new
@@ -320,7 +324,7 @@ class _Machine:
     def abort(self, reason: str, message: str) -> None:
         s = self.s
         s.phase = "Aborted"
-        s.abort_reason = message
+        s.abort_reason = message[:REASON_MAX]
         s.paused_by_command = None
         s.canary_weight = 0
         s.step_start_time = None
@@ -508,6 +512,20 @@ class _Machine:
             return "waiting for a first passing analysis round"
         return None
 
+    def account_refusals(self, measured: Sequence[Measurement]) -> None:
+        """AnalysisTargetsAllowed: False, with a Warning Event, while a metric's target is
+        refused (by the namespace's policy or the operator's address rules); True again once
+        every target was allowed."""
+        refused = [f"{m.metric}: {m.error}" for m in measured if m.refused]
+        if refused:
+            message = "; ".join(refused)[:4096]
+            if self.condition("AnalysisTargetsAllowed", False, "TargetRefused", message):
+                self.event("Warning", "AnalysisTargetRefused", f"nothing sent: {message}")
+        elif any(c.type == "AnalysisTargetsAllowed" for c in self.s.conditions):
+            self.condition(
+                "AnalysisTargetsAllowed", True, "Allowed", "every analysis target is allowed"
+            )
+
     def account_analysis(self) -> bool:
         """Count a round measured by the caller; False when it aborted the rollout."""
         measured = self.obs.measurements
@@ -515,6 +533,7 @@ class _Machine:
             return True
         s = self.s
         totals = s.analysis = s.analysis or AnalysisStatus()
+        self.account_refusals(measured)
         results = judge_round(self.analysis.metrics, measured, self.now)
         outcome, detail = round_outcome(results)
         totals.last_run_time = format_time(self.now)
