@@ -1,10 +1,13 @@
 """Rollouts against the real control plane: the operator runs as a subprocess under the chart's
 RBAC, the test plays the KServe controller, and the analysis queries a real Prometheus that
-scrapes a small exporter whose request counters the test controls."""
+scrapes a small exporter whose request counters the test controls. Prometheus listens on
+127.0.0.1, so the operator runs with --allow-loopback-targets (as on a test cluster) and each
+test's namespace is governed by a PlatformPolicy that names it `main`."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -48,7 +51,11 @@ ISVC_API = "serving.kserve.io/v1beta1"
 DIGEST = "sha256:" + "ab" * 32
 V1_URI = "s3://models/grader/v1/"
 V2_URI = "s3://models/grader/v2/"
-OPERATOR_ENV = {"WHETSTONE_RESYNC_SECONDS": "1"}
+# Prometheus and the test's model servers listen on loopback: a test cluster's option.
+OPERATOR_ENV = {"WHETSTONE_RESYNC_SECONDS": "1", "WHETSTONE_ALLOW_LOOPBACK_TARGETS": "true"}
+LOOPBACK = analysis.Guard(allow_loopback=True)
+POLICY_LABEL = "whetstone.dev/test-policy"
+MAIN = {"endpoint": "main"}
 ERROR_RATE = (
     'sum(rate(model_requests_total{{namespace="{{{{namespace}}}}",revision="{{{{canary}}}}",'
     'code=~"5.."}}[{w}])) / sum(rate(model_requests_total{{namespace="{{{{namespace}}}}",'
@@ -110,7 +117,7 @@ class Prometheus:
 
     def value(self, query: str) -> float | None:
         try:
-            return analysis.query_prometheus(self.url, query, 5.0)
+            return analysis.query_prometheus(self.url, query, 5.0, LOOPBACK)
         except analysis.QueryError:
             return None
 
@@ -165,7 +172,7 @@ def prometheus_running(binary: str | os.PathLike[str]) -> Iterator[Prometheus]:
             if not proc.alive():
                 raise RuntimeError(f"prometheus exited:\n{proc.tail()}")
             try:
-                return analysis.query_prometheus(url, "up", 2.0) == 1.0
+                return analysis.query_prometheus(url, "up", 2.0, LOOPBACK) == 1.0
             except analysis.QueryError:
                 return False
 
@@ -377,10 +384,12 @@ def rollout_body(
     name: str,
     model_version: str,
     steps: list[dict[str, Any]],
-    prometheus_url: str,
+    target: dict[str, str],
     query: str,
     inconclusive_limit: int = 2,
 ) -> dict[str, Any]:
+    """A Rollout of `model_version` whose error-rate metric queries `target` (MAIN: the
+    policy's endpoint; {"address": ...}: a raw address the policy allows)."""
     return {
         "apiVersion": API,
         "kind": "Rollout",
@@ -398,7 +407,7 @@ def rollout_body(
                         "metrics": [
                             {
                                 "name": "error-rate",
-                                "prometheus": {"address": prometheus_url, "query": query},
+                                "prometheus": {**target, "query": query},
                                 "thresholdRange": {"max": 0.05},
                             }
                         ],
@@ -436,6 +445,47 @@ def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def deployments(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return list((kube.get(mv_path(namespace, name)).get("status") or {}).get("deployments") or [])
+
+
+def policy_path(name: str | None = None) -> str:
+    return resource_path(API, "platformpolicies", None, name)
+
+
+def analysis_rules(prom: Prometheus, **more: list[Any]) -> dict[str, Any]:
+    """The test platform's analysis rules: its Prometheus named `main`, reachable by raw
+    address too."""
+    return {
+        "prometheus": [{"name": "main", "address": prom.url}, *more.pop("prometheus", [])],
+        "allowAddresses": [prom.url, *more.pop("allowAddresses", [])],
+        **more,
+    }
+
+
+@pytest.fixture(autouse=True)
+def analysis_policy(kube: Kube, namespace: str, prometheus: Prometheus) -> Iterator[str]:
+    """The PlatformPolicy of this test's namespace, as the platform team writes one."""
+    name = f"ro-{namespace}"[:63]
+    kube.patch(
+        resource_path("v1", "namespaces", name=namespace),
+        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
+    )
+    kube.create(
+        policy_path(),
+        {
+            "apiVersion": API,
+            "kind": "PlatformPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
+                "priority": 100,
+                "analysis": analysis_rules(prometheus),
+            },
+        },
+    )
+    try:
+        yield name
+    finally:
+        kube.delete(policy_path(name))
 
 
 @pytest.fixture
@@ -495,7 +545,7 @@ def test_unapproved_refused_then_healthy_canary_promoted_across_a_restart(
         ]
         kube.create(
             ro_path(namespace),
-            rollout_body("grader", "grader-v2", steps, prometheus.url, ERROR_RATE),
+            rollout_body("grader", "grader-v2", steps, MAIN, ERROR_RATE),
         )
         op = operator()
 
@@ -604,7 +654,7 @@ def test_bad_error_rate_at_25_percent_aborts_and_restores_the_stable_version(
         ]
         kube.create(
             ro_path(namespace),
-            rollout_body("grader", "grader-v2", steps, prometheus.url, ERROR_RATE),
+            rollout_body("grader", "grader-v2", steps, MAIN, ERROR_RATE),
         )
         op = operator()
         wait_for(lambda: turned_bad, timeout=60, what="the canary at 25%")
@@ -677,7 +727,7 @@ def test_no_data_holds_and_kubectl_plugin_abort_retry_pause_resume_promote(
         steps = [{"setWeight": 5}, {"setWeight": 100}]
         kube.create(
             ro_path(namespace),
-            rollout_body("grader", "grader-v2", steps, prometheus.url, missing, 0),
+            rollout_body("grader", "grader-v2", steps, {"address": prometheus.url}, missing, 0),
         )
         op = operator()
 
@@ -809,7 +859,7 @@ def test_golden_prompts_abort_a_contract_break_and_a_new_version_rolls_out(
             "grader",
             "grader-v2",
             [{"setWeight": 5}, {"pause": {"duration": "2s"}}, {"setWeight": 100}],
-            prometheus.url,
+            MAIN,
             ERROR_RATE,
         )
         body["spec"]["strategy"]["canary"]["analysis"]["metrics"].append(
@@ -872,7 +922,7 @@ def test_a_canary_that_never_gets_ready_is_aborted_at_the_progress_deadline(
             "grader",
             "grader-v2",
             [{"setWeight": 5}, {"setWeight": 100}],
-            prometheus.url,
+            MAIN,
             ERROR_RATE,
         )
         body["spec"]["progressDeadlineSeconds"] = 3
@@ -897,3 +947,103 @@ def test_a_canary_that_never_gets_ready_is_aborted_at_the_progress_deadline(
     assert isvc["spec"]["predictor"]["model"]["storageUri"] == V1_URI
     assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
     assert deployments(kube, namespace, "grader-v2") == []
+
+
+# --------------------------------------------------------------------------- refused targets
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+class Vault:
+    """A loopback 'metadata service' answering with cloud credentials to every request."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.server = LoopbackServer(self._handler())
+        self.url = self.server.url
+
+    def _handler(self) -> type[QuietHandler]:
+        vault = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                vault.hits += 1
+                self.reply(200, {"AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "SecretAccessKey": SECRET})
+
+        return Handler
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.close()
+
+
+def test_analysis_targets_are_refused_and_no_answer_is_echoed(
+    control_plane: ControlPlane,
+    kube: Kube,
+    namespace: str,
+    prometheus: Prometheus,
+    analysis_policy: str,
+    operator: Callable[[], OperatorProcess],
+) -> None:
+    """A tenant aims analysis at the API server (under an address prefix the platform allowed),
+    at the cloud metadata address (allowed by nothing) and at a 'Prometheus' the platform
+    named that answers with credentials: the first two are refused before any byte is sent,
+    all three fail the round, the canary is rolled back, and no byte of the credentials
+    reaches the Rollout, its Events or the operator's log."""
+    healthy(prometheus, namespace)
+    with Vault() as vault, serving_v1(kube, namespace) as fake:
+        kube.patch(
+            policy_path(analysis_policy),
+            {
+                "spec": {
+                    "analysis": analysis_rules(
+                        prometheus,
+                        prometheus=[{"name": "vault", "address": vault.url}],
+                        allowAddresses=[control_plane.server],
+                    )
+                }
+            },
+        )
+        body = rollout_body(
+            "grader", "grader-v2", [{"setWeight": 5}, {"setWeight": 100}], MAIN, ERROR_RATE
+        )
+        metrics = body["spec"]["strategy"]["canary"]["analysis"]["metrics"]
+        for name, target in (
+            ("apiserver", {"address": control_plane.server}),
+            ("metadata", {"address": "http://169.254.169.254/latest/meta-data/"}),
+            ("vault", {"endpoint": "vault"}),
+        ):
+            metrics.append(
+                {
+                    "name": name,
+                    "prometheus": {**target, "query": "up"},
+                    "thresholdRange": {"max": 1},
+                    "noData": "fail",
+                }
+            )
+        kube.create(ro_path(namespace), body)
+        op = operator()
+        aborted = wait_phase(kube, namespace, "Aborted", op, timeout=60)
+        wait_for(lambda: fake.percents()[-1] == 0, timeout=10, what="canary at 0%")
+
+    results = {r["metric"]: r for r in aborted["analysis"]["lastResults"]}
+    assert results["error-rate"]["passed"] is True, results
+    api = results["apiserver"]["message"]
+    assert "refused, nothing sent" in api and "Kubernetes API server's address" in api, api
+    metadata = results["metadata"]["message"]
+    assert f"PlatformPolicy {analysis_policy} spec.analysis.allowAddresses" in metadata
+    assert "not a successful query result" in results["vault"]["message"]
+    assert vault.hits >= 1  # the platform's endpoint was asked; its answer stays out
+    allowed = condition(aborted, "AnalysisTargetsAllowed")
+    assert allowed["status"] == "False" and allowed["reason"] == "TargetRefused", allowed
+    events = [
+        e
+        for e in kube.list(resource_path("v1", "events", namespace))
+        if e["involvedObject"]["kind"] == "Rollout"
+    ]
+    assert "AnalysisTargetRefused" in [e["reason"] for e in events]
+    shown = json.dumps([kube.get(ro_path(namespace, "grader")), events]) + op.logs()
+    for secret in (SECRET, "wJalr", "AKIAIOSFODNN7", "EXAMPLEKEY"):
+        assert secret not in shown
