@@ -373,8 +373,6 @@ def test_the_api_server_addresses_come_from_its_urls() -> None:
 
 
 def test_redirects_are_not_followed(recorder: LoopbackServer) -> None:
-    Recorder.answer = (302, "")
-
     class Redirect(QuietHandler):
         def do_GET(self) -> None:
             Recorder.seen.append((self.path, dict(self.headers)))
@@ -465,6 +463,75 @@ def test_a_resolver_that_hangs_is_cut_at_the_deadline() -> None:
             analysis.fetch("http://slow.example/", Guard(resolve=hang), timeout=0.2, cap=1024)
     finally:
         release.set()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """An HTTPS Recorder on loopback with a self-signed certificate for prom.test."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prom.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("prom.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = LoopbackServer(Recorder)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    try:
+        yield server.port, str(cert_file)
+    finally:
+        server.close()
+
+
+def test_https_checks_the_certificate_against_the_host_name(
+    tls_server: tuple[int, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    port, ca = tls_server
+    Recorder.seen = []
+    Recorder.answer = (200, {"ok": True})
+    guard = Guard(allow_loopback=True, resolve=lambda host, _: ["127.0.0.1"])
+    # Not signed by a CA the operator trusts: no answer, in our words.
+    with pytest.raises(analysis.NoAnswerError, match="TLS certificate is not valid"):
+        analysis.fetch(f"https://prom.test:{port}/", guard, timeout=5, cap=1024)
+    trusted = ssl.create_default_context(cafile=ca)
+    monkeypatch.setattr(analysis.ssl, "create_default_context", lambda: trusted)
+    # Connected to the checked address, verified for the URL's host name (SNI).
+    answer = analysis.fetch(f"https://prom.test:{port}/q", guard, timeout=5, cap=1024)
+    assert answer.status == 200 and Recorder.seen[-1][0] == "/q"
+    assert Recorder.seen[-1][1]["Host"] == f"prom.test:{port}"
+    other = Guard(allow_loopback=True, resolve=lambda host, _: ["127.0.0.1"])
+    with pytest.raises(analysis.NoAnswerError, match="TLS certificate is not valid"):
+        analysis.fetch(f"https://other.test:{port}/", other, timeout=5, cap=1024)
 
 
 # ----------------------------------------------------------------------------- answers
