@@ -29,6 +29,7 @@ TIMEOUT = r"^(([0-5]?[0-9](\.[0-9]{1,3})?|60)s|([0-9]{1,4}|[1-5][0-9]{4}|60000)m
 PROMPT_BODY_BYTES = 64 * 1024
 RESPONSE_SCHEMA_BYTES = 32 * 1024
 RESPONSE_SCHEMA_DEPTH = 32
+PATTERN_MEMORY = 1024 * 1024
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")
 # Framing and hop-by-hop headers are the client's; Host may only name the canary (checked
 # when the URL is known).
@@ -203,7 +204,7 @@ class PatternError(ValueError):
     """A regular expression RE2 does not accept."""
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)
 def compile_pattern(pattern: str) -> Any:
     """`pattern` compiled with RE2, which matches in time linear in the text: a tenant's
     pattern never runs on a backtracking engine. Raises PatternError."""
@@ -212,6 +213,9 @@ def compile_pattern(pattern: str) -> Any:
 
     options = re2.Options()
     options.log_errors = False
+    # Each compiled pattern keeps up to this much (program and match cache); the cache above
+    # bounds how many are kept.
+    options.max_mem = PATTERN_MEMORY
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
