@@ -43,8 +43,11 @@ MODES = {
 }
 
 
-def expected_rules(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(ClusterRole rules, per-namespace Role rules) for these values."""
+def expected_rules(
+    values: dict[str, Any], webhook_configuration: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(ClusterRole rules, per-namespace Role rules) for these values; rules with
+    `resourceNames` name the webhook configuration the operator is told to manage."""
     peering = values.get("peering", {}).get("enabled", True)
     webhook = values.get("webhook", {})
     operator_webhooks = webhook.get("enabled", True) and webhook.get("configurations") == "operator"
@@ -54,7 +57,11 @@ def expected_rules(values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[d
     if peering and not namespaced:
         cluster += RULES["clusterPeering"]
     if operator_webhooks:
-        cluster += RULES["webhook"]
+        assert webhook_configuration
+        cluster += [
+            {**rule, "resourceNames": [webhook_configuration]} if "resourceNames" in rule else rule
+            for rule in RULES["webhook"]
+        ]
     roles = []
     if namespaced:
         roles = RULES["namespaced"] + (RULES["namespacePeering"] if peering else [])
@@ -104,7 +111,13 @@ def test_rules_file_has_its_sections_and_no_wildcards() -> None:
     assert set(RULES) == {"namespaced", "cluster", "clusterPeering", "namespacePeering", "webhook"}
     for section, rules in RULES.items():
         for rule in rules:
-            assert set(rule) == {"apiGroups", "resources", "verbs"}, (section, rule)
+            keys = {"apiGroups", "resources", "verbs"}
+            if section == "webhook" and "resourceNames" in rule:
+                # The template names this release's configurations; RBAC never limits create.
+                assert rule["resourceNames"] == [], rule
+                assert "create" not in rule["verbs"], rule
+                keys.add("resourceNames")
+            assert set(rule) == keys, (section, rule)
             for field in ("apiGroups", "resources", "verbs"):
                 assert rule[field] and "*" not in rule[field], (section, rule)
                 assert all("*" not in item for item in rule[field]), (section, rule)
@@ -123,24 +136,24 @@ def test_namespaced_and_cluster_sections_hold_the_right_scopes() -> None:
 @pytest.mark.parametrize(
     ("group", "resource", "verbs"),
     [
-        ("whetstone.dev", "finetunejobs", "get list watch patch update"),
-        ("whetstone.dev", "finetunejobs/status", "get patch update"),
-        ("whetstone.dev", "modelversions", "create"),
+        ("whetstone.dev", "finetunejobs", "get list watch"),
+        ("whetstone.dev", "finetunejobs/status", "patch"),
+        ("whetstone.dev", "modelversions", "get list watch create patch"),
         ("whetstone.dev", "rollouts/status", "patch"),
-        ("batch", "jobs", "get list watch create delete patch"),
-        ("", "configmaps", "create delete patch"),
-        ("", "services", "create delete patch"),
+        ("batch", "jobs", "get list watch create delete"),
+        ("", "configmaps", "get create"),
+        ("", "services", "get create"),
         ("", "pods", "get list watch"),
-        ("", "pods/log", "get"),
-        ("", "events", "create patch"),
-        ("events.k8s.io", "events", "create patch"),
-        ("serving.kserve.io", "inferenceservices", "get list watch patch update"),
-        ("kopf.dev", "clusterkopfpeerings", "get list watch patch"),
-        ("kopf.dev", "kopfpeerings", "get list watch patch"),
-        ("apiextensions.k8s.io", "customresourcedefinitions", "get list watch"),
+        ("", "events", "create"),
+        ("serving.kserve.io", "inferenceservices", "get list watch patch"),
+        ("kopf.dev", "clusterkopfpeerings", "list watch patch"),
+        ("kopf.dev", "kopfpeerings", "list watch patch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
         ("", "namespaces", "get list watch"),
+        ("whetstone.dev", "platformpolicies/status", "patch"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create patch"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create patch"),
     ],
 )
 def test_the_operator_may_do_what_it_needs(group: str, resource: str, verbs: str) -> None:
@@ -160,6 +173,27 @@ def test_the_operator_may_do_what_it_needs(group: str, resource: str, verbs: str
         ("whetstone.dev", "modelversions", "approve"),
         ("rbac.authorization.k8s.io", "clusterroles", "escalate"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "patch"),
+        # granted once, never used: taken away
+        ("", "pods/log", "get"),
+        ("", "configmaps", "patch"),
+        ("", "configmaps", "delete"),
+        ("", "configmaps", "list"),
+        ("", "services", "patch"),
+        ("", "services", "delete"),
+        ("batch", "jobs", "patch"),
+        ("", "events", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("whetstone.dev", "finetunejobs", "patch"),
+        ("whetstone.dev", "finetunejobs", "update"),
+        ("whetstone.dev", "rollouts", "patch"),
+        ("whetstone.dev", "modelversions/status", "update"),
+        ("whetstone.dev", "finetunejobs/status", "get"),
+        ("whetstone.dev", "platformpolicies/status", "get"),
+        ("serving.kserve.io", "inferenceservices", "update"),
+        ("kopf.dev", "clusterkopfpeerings", "get"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "list"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "watch"),
     ],
 )
 def test_the_operator_may_not_do_more(group: str, resource: str, verb: str) -> None:
@@ -174,7 +208,8 @@ def test_rendered_operator_rules_equal_the_rules_file(mode: str) -> None:
     values = MODES[mode]
     docs = kt.render(values)
     cluster_role, roles = operator_roles(docs)
-    want_cluster, want_roles = expected_rules(values)
+    managed = kt.env_of(kt.container(kt.one(docs, "Deployment"))).get("WHETSTONE_WEBHOOK_MANAGED")
+    want_cluster, want_roles = expected_rules(values, managed)
     assert cluster_role["rules"] == want_cluster
     namespaces = values.get("watchNamespaces", [])
     assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
@@ -201,6 +236,49 @@ def test_kustomize_base_grants_the_same_rules() -> None:
     cluster_role, roles = operator_roles(docs)
     assert cluster_role["rules"] == expected_rules({})[0]
     assert roles == []
+
+
+def test_operator_managed_webhooks_patch_only_their_own_configurations() -> None:
+    values = {"webhook": {"configurations": "operator", "configurationName": "hooks.example.com"}}
+    docs = kt.render(values)
+    cluster_role, _ = operator_roles(docs)
+    env = kt.env_of(kt.container(kt.one(docs, "Deployment")))
+    assert env["WHETSTONE_WEBHOOK_MANAGED"] == "hooks.example.com"
+    hooks = [r for r in cluster_role["rules"] if r["apiGroups"] == ["admissionregistration.k8s.io"]]
+    by_verb = {verb: rule for rule in hooks for verb in rule["verbs"]}
+    assert set(by_verb) == {"create", "patch"}
+    assert by_verb["patch"]["resourceNames"] == ["hooks.example.com"]
+    # RBAC cannot limit create by name: that one rule stays unlimited, and needs no read.
+    assert "resourceNames" not in by_verb["create"]
+    assert set(by_verb["create"]["resources"]) == {
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
+    }
+    # The default (configurations written by the chart) grants neither.
+    default_role, _ = operator_roles(kt.render())
+    assert not [
+        r for r in default_role["rules"] if "admissionregistration.k8s.io" in r["apiGroups"]
+    ]
+
+
+def test_namespaced_install_keeps_only_cluster_scoped_rules_cluster_wide() -> None:
+    docs = kt.render(
+        {"watchNamespaces": ["ml", "research"], "webhook": {"configurations": "operator"}}
+    )
+    cluster_role, roles = operator_roles(docs)
+    for rule in cluster_role["rules"]:
+        for resource in rule["resources"]:
+            assert resource.split("/")[0] in CLUSTER_SCOPED, resource
+    assert _permissions(cluster_role["rules"]) >= {
+        ("", "namespaces", "watch"),
+        ("whetstone.dev", "platformpolicies", "list"),
+        ("whetstone.dev", "platformpolicies/status", "patch"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    }
+    for role in roles:
+        assert ("batch", "jobs", "create") in _permissions(role["rules"])
+    assert ("batch", "jobs", "create") not in _permissions(cluster_role["rules"])
 
 
 def test_roles_for_people() -> None:
@@ -297,6 +375,9 @@ KOPF_RESOURCES = {
     "configmaps": "",
     "services": "",
     "inferenceservices": "serving.kserve.io",
+    "namespaces": "",
+    "platformpolicies": "whetstone.dev",
+    "customresourcedefinitions": "apiextensions.k8s.io",
 }
 
 
@@ -412,9 +493,11 @@ def kopf_watches(text: str) -> set[tuple[str, str, str]]:
         plurals = [v for v in literals if isinstance(v, str) and v in KOPF_RESOURCES]
         for plural in plurals:
             group = KOPF_RESOURCES[plural]
-            verbs = ["get", "list", "watch"]
-            if dotted not in {"kopf.index", "kopf.on.event"}:
-                verbs.append("patch")  # kopf records progress and finalizers on the object
+            verbs = ["list", "watch"]
+            # kopf records progress and finalizers on the objects of change handlers; the
+            # operator's daemons run without finalizers (test_daemons_need_no_finalizer).
+            if dotted not in {"kopf.index", "kopf.on.event", "kopf.daemon", "kopf.timer"}:
+                verbs.append("patch")
             found |= {(group, plural, verb) for verb in verbs}
     return found
 
@@ -511,3 +594,62 @@ def test_k8s_kinds_are_scoped_as_the_rules_are() -> None:
         assert entry.namespaced == (entry.plural not in CLUSTER_SCOPED), kind
     assert ("", "pods", "create") not in k8s_permissions()
     assert ("", "secrets", "get") not in k8s_permissions()
+
+
+# What kopf does by itself, unseen in the operator's code: permission -> why.
+KOPF_ITSELF = {
+    ("", "events", "create"): "kopf posts the Events of kopf.event() (core/v1, POST only)",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf finds resources in CRDs",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "and follows them",
+    ("kopf.dev", "clusterkopfpeerings", "list"): "peering: kopf watches its peering record",
+    ("kopf.dev", "clusterkopfpeerings", "watch"): "peering",
+    ("kopf.dev", "clusterkopfpeerings", "patch"): "peering: kopf renews its entry",
+    ("kopf.dev", "kopfpeerings", "list"): "peering, one record per watched namespace",
+    ("kopf.dev", "kopfpeerings", "watch"): "peering",
+    ("kopf.dev", "kopfpeerings", "patch"): "peering",
+    **{
+        ("admissionregistration.k8s.io", kind, verb): "kopf's managed webhook configurations: "
+        "created when missing, then patched (never read)"
+        for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations")
+        for verb in ("create", "patch")
+    },
+}
+
+
+def used_permissions() -> set[tuple[str, str, str]]:
+    """Everything the operator can be seen to need: what k8s.KINDS lets k8s.py send, the
+    kubernetes-client calls and kopf watches in the sources, and what kopf does by itself."""
+    used = k8s_permissions() | set(KOPF_ITSELF)
+    for path in _sources():
+        text = path.read_text()
+        used |= client_calls(text) | kopf_watches(text)
+    return used
+
+
+@pytest.mark.parametrize("section", sorted(RULES))
+def test_every_granted_permission_is_used(section: str) -> None:
+    unused = sorted(_permissions(RULES[section]) - used_permissions())
+    assert not unused, (
+        f"{RULES_FILE.name} section {section} grants {unused}, which neither k8s.KINDS, the "
+        "kopf handlers nor kopf itself need: take them away"
+    )
+
+
+def test_the_unused_check_finds_unused_grants() -> None:
+    assert ("", "pods/log", "get") not in used_permissions()
+    assert ("", "configmaps", "patch") not in used_permissions()
+    assert ("batch", "jobs", "watch") in used_permissions()
+    assert ("whetstone.dev", "platformpolicies", "watch") in used_permissions()
+    assert ("apiextensions.k8s.io", "customresourcedefinitions", "patch") not in used_permissions()
+
+
+def test_daemons_need_no_finalizer() -> None:
+    """kopf would add a finalizer (a patch) to the object of each daemon or timer; the operator
+    turns that off, which is why kopf_watches expects no patch for them."""
+    import kopf
+
+    import whetstone_operator.handlers  # noqa: F401  (registers the handlers)
+
+    spawning = kopf.get_default_registry()._spawning.get_all_handlers()
+    assert spawning, "no daemon registered: the resync loop is one"
+    assert all(not handler.requires_finalizer for handler in spawning)

@@ -67,7 +67,7 @@ app.kubernetes.io/managed-by: {{ .Values.managedBy | default .Release.Service }}
 
 {{/* Name of the Validating/MutatingWebhookConfiguration. */}}
 {{- define "whetstone.webhookConfigurationName" -}}
-{{- printf "%s.%s.whetstone.dev" (include "whetstone.fullname" .) .Release.Namespace }}
+{{- .Values.webhook.configurationName | default (printf "%s.%s.whetstone.dev" (include "whetstone.fullname" .) .Release.Namespace) }}
 {{- end }}
 
 {{/* The operator's rules, grouped as in rbac-rules.yaml. */}}

@@ -52,8 +52,8 @@ class Resource(NamedTuple):
 
 API_VERSION = f"{GROUP}/{VERSION}"
 KINDS: dict[str, Resource] = {
-    "ConfigMap": Resource("v1", "configmaps", "create get delete"),
-    "Service": Resource("v1", "services", "create get delete"),
+    "ConfigMap": Resource("v1", "configmaps", "create get"),
+    "Service": Resource("v1", "services", "create get"),
     "Pod": Resource("v1", "pods", "get"),
     "Job": Resource("batch/v1", "jobs", "create get delete"),
     "FineTuneJob": Resource(API_VERSION, "finetunejobs", "get patch/status"),
