@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the suite needs on a fresh machine, then runs lint,
-# type checks, the import layers, the CRD drift check and every test tier (unit, integration, trainer;
-# e2e and gpu skip with a reason where Docker/kind or a GPU are missing).
+# type checks, the import layers, the security scanners (bandit, checkov), the CRD drift check
+# and every test tier (unit, integration, trainer; e2e and gpu skip with a reason where
+# Docker/kind or a GPU are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WHETSTONE_CACHE="${WHETSTONE_CACHE:-$HOME/.cache/whetstone}"
@@ -23,12 +24,18 @@ step "lint, format, types"
 step "import layers"
 .venv/bin/lint-imports --no-cache
 
+step "security scan of the code (bandit)"
+./hack/scan.sh bandit
+
 step "CRDs match the API models"
 $PY -m whetstone_operator.crdgen --check
 
 step "control plane binaries, kubectl, helm"
 $PY hack/provision.py
 $PY hack/prometheus.py
+
+step "security scan of the rendered chart (checkov)"
+./hack/scan.sh checkov
 
 step "tests"
 set +e
