@@ -16,11 +16,11 @@ from whetstone_trainer.data import (
     DataError,
     Example,
     prepare_text,
-    redact_text,
     tokenize_example,
     tokenize_splits,
 )
 from whetstone_trainer.model import load_tokenizer
+from whetstone_trainer.redact import redact_text
 from whetstone_trainer.train import RunOptions, run
 
 from trainer_helpers import ConfigFactory, last_json_line, run_trainer, subprocess_env, write_config

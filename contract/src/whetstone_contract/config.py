@@ -77,7 +77,7 @@ class DataSelection(CamelModel):
     )
 
 
-RedactionKind = Literal["email", "phone", "secret"]
+RedactionKind = Literal["email", "phone", "secret", "creditCard", "iban", "ipAddress"]
 
 
 class DatasetSpec(CamelModel):
@@ -122,8 +122,13 @@ class DatasetSpec(CamelModel):
         default_factory=list,
         max_length=32,
         description=(
-            "Sensitive data replaced by a placeholder before tokenisation: email, phone, "
-            "secret (API keys, tokens). Counts are reported in the data report."
+            "Sensitive data replaced by a placeholder before tokenisation: email (addresses), "
+            "phone (numbers), secret (private keys; AWS access key ids; GitHub, GitLab, "
+            "OpenAI, Anthropic, Stripe, Slack, Google, Hugging Face and npm keys and tokens; "
+            "JWTs; Bearer tokens; password, token, secret or API key assignments), creditCard "
+            "(card numbers that pass the Luhn check), iban (IBANs that pass the mod-97 "
+            "check), ipAddress (IPv4 and IPv6 addresses). Counts are reported in the data "
+            "report; what the data report quotes of the data is redacted the same way."
         ),
     )
     dedupe: bool = Field(default=True, description="Drop exact duplicate examples.")

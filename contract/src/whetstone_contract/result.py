@@ -47,7 +47,7 @@ class DataReport(CamelModel):
     redacted: dict[Key, int] = Field(
         default_factory=dict,
         max_length=COUNTS_MAX,
-        description="Redactions made, by kind (email, phone, secret).",
+        description="Redactions made, by kind (see dataset.redact).",
     )
     invalid_lines: list[Annotated[str, Field(max_length=INVALID_LINE_MAX)]] = Field(
         default_factory=list,

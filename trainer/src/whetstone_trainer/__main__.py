@@ -13,13 +13,14 @@ import argparse
 import json
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from whetstone_contract.config import TrainerConfig
+from whetstone_contract.config import RedactionKind, TrainerConfig
 from whetstone_contract.result import (
     EXIT_FAILED,
     EXIT_INVALID_DATA,
@@ -46,12 +47,15 @@ def _fail(
     *,
     step: int | None = None,
     checkpoint_uri: str | None = None,
+    redact: Sequence[RedactionKind] = (),
 ) -> int:
     from whetstone_trainer.progress import write_termination_message
+    from whetstone_trainer.redact import redact_text
 
+    # An error's text may quote the data: redacted before it is cut short, never after.
     failure = TrainerFailure(
         reason=reason,
-        message=message[:2048],
+        message=redact_text(message, redact, Counter())[:2048],
         data_report=report,
         step=step,
         checkpoint_uri=checkpoint_uri,
@@ -83,14 +87,18 @@ def run_config(path: Path, *, validate_only: bool = False) -> int:
             return EXIT_OK
         result = run(config)
     except DataError as exc:
-        return _fail("InvalidData", str(exc), EXIT_INVALID_DATA, exc.report)
+        return _fail(
+            "InvalidData", str(exc), EXIT_INVALID_DATA, exc.report, redact=config.dataset.redact
+        )
     except PreemptedError as exc:
         return _fail(
             "Preempted", str(exc), EXIT_PREEMPTED, step=exc.step, checkpoint_uri=exc.checkpoint
         )
     except Exception as exc:
         traceback.print_exc()
-        return _fail("Failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED)
+        return _fail(
+            "Failed", f"{type(exc).__name__}: {exc}", EXIT_FAILED, redact=config.dataset.redact
+        )
     if result is not None:
         text = result.termination_message()
         write_termination_message(text)

@@ -1,12 +1,17 @@
-"""Checkpoints at the output: which are complete, which one a restarted run resumes from, and
-publishing a newly saved one (uploaded when the output is remote, its COMPLETE marker last)."""
+"""Checkpoints at the output: which are complete, which one a restarted run resumes from,
+publishing a newly saved one (uploaded when the output is remote, its COMPLETE marker last), and
+loading one without running code from it."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from whetstone_contract.result import CheckpointInfo
 from whetstone_trainer.artifact import COMPLETE
@@ -15,6 +20,58 @@ from whetstone_trainer.storage import LocalLocation, Location
 
 CHECKPOINTS = "checkpoints"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+# torch reads this at every torch.load: weights_only=True whatever the caller passed.
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_PICKLE = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def _deepspeed_state_types() -> list[Any]:
+    """The classes DeepSpeed pickles into its optimizer states (*_optim_states.pt), beyond
+    tensors and containers. Allowed, they are built from data: none of their code is named
+    by the file, and no other callable may be."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def data_only_loads(*, deepspeed: bool) -> Iterator[None]:
+    """While active, every torch.load in this process reads data only, never code.
+
+    A resumed run reads its checkpoint from the output location, which others may be able to
+    write. What reads it there:
+    - the weights (model.safetensors, adapter_model.safetensors): safetensors, no pickle;
+    - the HF Trainer (transformers 5.23, trainer.py `_load_optimizer_and_scheduler`,
+      `_load_rng_state`, `_load_scaler`): optimizer.pt, scheduler.pt, scaler.pt and
+      rng_state*.pth with torch.load(weights_only=True) already;
+    - DeepSpeed (0.19.8): mp_rank_*_model_states.pt and *_optim_states.pt through
+      `TorchCheckpointEngine.load` (runtime/checkpoint_engine/torch_checkpoint_engine.py),
+      which passes weights_only=False, as do ZeRO-3's universal-checkpoint loads
+      (runtime/zero/stage3.py, `load_hp_checkpoint_state*`; not used here). Those would
+      unpickle anything; here they are forced to weights_only=True, with the few DeepSpeed
+      classes their states hold allowed.
+    A pickle that names any other callable fails to load (UnpicklingError): the run stops
+    rather than resume from it. training_args.bin is pickled too but never loaded. (File
+    digests kept beside the checkpoint would add nothing here: whoever can replace a file
+    there can replace its digest too.)
+    """
+    import torch
+
+    saved = {name: os.environ.get(name) for name in (_FORCE_WEIGHTS_ONLY, _FORCE_PICKLE)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_PICKLE, None)
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_types() if deepspeed else []):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _marker_step(marker: Location) -> int | None:

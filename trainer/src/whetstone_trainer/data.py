@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,14 @@ from typing import Any
 
 from whetstone_contract.config import DataSelection, DatasetSpec, RedactionKind
 from whetstone_contract.result import DataReport
+from whetstone_trainer.redact import redact_text
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 MAX_REPORTED_LINES = 50
+# What a report line may quote of the data, and how long the reason may be.
+EXCERPT_CHARS = 40
+REASON_CHARS = 240
 
 Message = dict[str, str]
 
@@ -67,17 +70,38 @@ class TokenizedExample:
         return len(self.input_ids)
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 @dataclass
 class ReportBuilder:
-    """Accumulates the DataReport over every stage."""
+    """Accumulates the DataReport over every stage.
+
+    The report leaves the trainer (termination message, status, Events, model card): what it
+    quotes of the data goes through the dataset's redaction first, and is cut short after.
+    """
 
     dropped: Counter[str] = field(default_factory=Counter)
     redacted: Counter[str] = field(default_factory=Counter)
     invalid_lines: list[str] = field(default_factory=list)
+    kinds: Sequence[RedactionKind] = ()
+
+    def excerpt(self, value: Any) -> str:
+        """A value from the data as a report may quote it: redacted, then shortened."""
+        if len(self.invalid_lines) >= MAX_REPORTED_LINES:
+            return "..."  # the reason will not be reported: no need to redact
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return repr(_shorten(self.redact(text), EXCERPT_CHARS))
+
+    def redact(self, text: str) -> str:
+        """`text` with the dataset's redaction applied (not counted in the report)."""
+        return redact_text(text, self.kinds, Counter())
 
     def drop(self, reason: str, source: str, line: int, why: str | None = None) -> None:
         self.dropped[reason] += 1
         if why is not None and len(self.invalid_lines) < MAX_REPORTED_LINES:
+            why = _shorten(self.redact(why), REASON_CHARS)
             self.invalid_lines.append(f"{source}:{line}: {why}")
 
     def report(self, **fields: Any) -> DataReport:
@@ -111,7 +135,12 @@ def _check_metadata(meta: Any) -> str | None:
     return None
 
 
-def _chat_messages(obj: dict[str, Any]) -> tuple[list[Message] | None, str | None]:
+Excerpt = Callable[[Any], str]
+
+
+def _chat_messages(
+    obj: dict[str, Any], excerpt: Excerpt
+) -> tuple[list[Message] | None, str | None]:
     messages = obj.get("messages")
     if messages is None:
         return None, "missing messages"
@@ -125,7 +154,9 @@ def _chat_messages(obj: dict[str, Any]) -> tuple[list[Message] | None, str | Non
         if role is None:
             return None, f"message {i} has no role"
         if role not in ROLES:
-            return None, f"message {i} has unknown role {role!r} (expected {', '.join(ROLES)})"
+            return None, (
+                f"message {i} has unknown role {excerpt(role)} (expected {', '.join(ROLES)})"
+            )
         content = msg.get("content")
         if not isinstance(content, str):
             return None, f"message {i} ({role}) has no text content"
@@ -148,15 +179,22 @@ def _completion_messages(obj: dict[str, Any]) -> tuple[list[Message] | None, str
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None
 
 
-def parse_line(text: str, fmt: str) -> tuple[Example | None, str | None]:
-    """Validate one JSONL line. Returns (example, None) or (None, reason)."""
+def _plain_excerpt(value: Any) -> str:
+    return repr(_shorten(str(value), EXCERPT_CHARS))
+
+
+def parse_line(
+    text: str, fmt: str, excerpt: Excerpt = _plain_excerpt
+) -> tuple[Example | None, str | None]:
+    """Validate one JSONL line. Returns (example, None) or (None, reason); a reason quotes the
+    data only through `excerpt`."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(obj, dict):
         return None, "expected a JSON object"
-    messages, problem = _chat_messages(obj) if fmt == "chat" else _completion_messages(obj)
+    messages, problem = _chat_messages(obj, excerpt) if fmt == "chat" else _completion_messages(obj)
     if problem is not None or messages is None:
         return None, problem
     meta = obj.get("metadata")
@@ -188,7 +226,7 @@ def load_jsonl(
             continue
         if not raw.strip():
             continue
-        example, problem = parse_line(raw, fmt)
+        example, problem = parse_line(raw, fmt, builder.excerpt)
         if example is None:
             invalid += 1
             builder.drop("invalid", source, number, problem)
@@ -229,69 +267,6 @@ def dedupe(examples: Iterable[Example], seen: set[str], builder: ReportBuilder) 
 
 
 # --- redaction ----------------------------------------------------------------------------
-
-PLACEHOLDERS: dict[str, str] = {
-    "email": "[REDACTED_EMAIL]",
-    "phone": "[REDACTED_PHONE]",
-    "secret": "[REDACTED_SECRET]",
-}
-
-_SECRET_PATTERNS = [
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key id
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub tokens
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}\b"),
-    re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"),  # OpenAI / Anthropic style keys
-    re.compile(r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),  # Stripe
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),  # Google API key
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),  # JWT
-    # Bearer tokens and key = value assignments: the prefix (group 1) is kept.
-    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]{16,}=*"),
-    re.compile(
-        r"(?i)\b((?:api[_-]?key|secret|token|password|passwd|access[_-]?key)[\"']?\s{0,3}"
-        r"[:=]\s{0,3}[\"']?)[A-Za-z0-9_\-/+=.]{8,}"
-    ),
-]
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_PHONE_CANDIDATE = re.compile(
-    r"(?<![\w.+-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d[\d .-]{6,16}\d(?![\w])"
-)
-_IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def _is_phone(candidate: str) -> bool:
-    digits = sum(c.isdigit() for c in candidate)
-    if not 9 <= digits <= 15 or _IPV4.match(candidate) or _DATE.match(candidate):
-        return False
-    # A bare run of digits is more often an id than a phone number.
-    return candidate.startswith("+") or "(" in candidate or any(c in candidate for c in " .-")
-
-
-def redact_text(text: str, kinds: Sequence[RedactionKind], counts: Counter[str]) -> str:
-    """Replace e-mail addresses, phone numbers and secrets by placeholders, counting each."""
-    if "secret" in kinds:
-        for pattern in _SECRET_PATTERNS:
-            replacement = PLACEHOLDERS["secret"]
-            if pattern.groups:
-                replacement = r"\g<1>" + replacement
-            text, n = pattern.subn(replacement, text)
-            counts["secret"] += n
-    if "email" in kinds:
-        text, n = _EMAIL.subn(PLACEHOLDERS["email"], text)
-        counts["email"] += n
-    if "phone" in kinds:
-
-        def phone(match: re.Match[str]) -> str:
-            if _is_phone(match.group(0)):
-                counts["phone"] += 1
-                return PLACEHOLDERS["phone"]
-            return match.group(0)
-
-        text = _PHONE_CANDIDATE.sub(phone, text)
-    return text
 
 
 def redact_example(example: Example, kinds: Sequence[RedactionKind], counts: Counter[str]) -> None:
@@ -342,7 +317,7 @@ def prepare_text(spec: DatasetSpec, read: Reader, seed: int) -> TextSplits:
     Raises DataError when dataset.onInvalid is fail and a line is invalid, or when no
     training example is left.
     """
-    builder = ReportBuilder()
+    builder = ReportBuilder(kinds=spec.redact)
     seen: set[str] = set()
 
     def stage(uri: str) -> list[Example]:

@@ -7,8 +7,9 @@ Layout at the output location:
   final/                               the artifact (manifest.json, COMPLETE last)
   result.json                          the TrainerResult
 Nothing is written there before the data has passed validation. A restarted run resumes
-from the newest checkpoint that has its COMPLETE marker. SIGTERM makes the trainer save a
-checkpoint at the end of the current step and exit with EXIT_PREEMPTED.
+from the newest checkpoint that has its COMPLETE marker, read as data only (no pickled code
+runs: checkpoints.data_only_loads). SIGTERM makes the trainer save a checkpoint at the end
+of the current step and exit with EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from whetstone_contract.config import TrainerConfig
 from whetstone_contract.result import DataReport, TrainerResult
-from whetstone_trainer.checkpoints import CheckpointStore
+from whetstone_trainer.checkpoints import CheckpointStore, data_only_loads
 from whetstone_trainer.data import prepare_text, text_only_report
 from whetstone_trainer.distributed import Dist, world_barrier
 from whetstone_trainer.hyperparams import plan_steps, resolve_hyperparameters
@@ -203,7 +204,8 @@ class Run:
             callbacks=self._callbacks(preemption),
         )
         started = time.monotonic()
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with data_only_loads(deepspeed=self.config.deepspeed is not None):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.monotonic() - started
         step = trainer.state.global_step
         if preemption.preempted:
