@@ -86,7 +86,7 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         default=int(env("WHETSTONE_WEBHOOK_PORT", "0")),
         help="serve the admission webhooks (approval, spec validation) on this port; 0 = off",
     )
-    parser.add_argument("--webhook-addr", default=env("WHETSTONE_WEBHOOK_ADDR", "0.0.0.0"))
+    parser.add_argument("--webhook-addr", default=env("WHETSTONE_WEBHOOK_ADDR", "0.0.0.0"))  # nosec B104 # the API server calls it over the pod IP
     parser.add_argument(
         "--webhook-host",
         default=env("WHETSTONE_WEBHOOK_HOST", ""),
@@ -145,7 +145,7 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
         webhook_validate_specs=env("WHETSTONE_WEBHOOK_VALIDATE_SPECS", "true").lower() == "true",
         # Peers of equal priority all pause: each replica draws its own, the highest one acts
         # and a survivor takes over when its peering record expires.
-        priority=int(env("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30),
+        priority=int(env("WHETSTONE_PRIORITY", "0")) or random.randint(1, 2**30),  # nosec B311 # a peering priority, not a secret
         resync_seconds=args.resync_seconds,
         rollout_resync_seconds=args.rollout_resync_seconds,
         allow_loopback_targets=args.allow_loopback_targets,

@@ -32,7 +32,7 @@ class OperatorOptions:
     log_format: str = "plain"
     verbose: bool = False
     webhook_port: int = 0
-    webhook_addr: str = "0.0.0.0"
+    webhook_addr: str = "0.0.0.0"  # nosec B104 # the API server calls it over the pod IP
     webhook_host: str = ""
     webhook_cert: str = ""
     webhook_key: str = ""

@@ -301,7 +301,7 @@ def split_examples(
 ) -> tuple[list[Example], list[Example]]:
     """Seeded split: (train, held_out) with held_out ~= fraction of the examples (at least 1)."""
     order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
+    random.Random(seed).shuffle(order)  # nosec B311 # a reproducible split of the data, not a secret
     n_held = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
     held = sorted(order[:n_held])
     held_set = set(held)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from whetstone_contract.config import RedactionKind
 
 PLACEHOLDERS: dict[str, str] = {
-    "secret": "[REDACTED_SECRET]",
+    "secret": "[REDACTED_SECRET]",  # nosec B105 # the placeholder written over a secret
     "email": "[REDACTED_EMAIL]",
     "creditCard": "[REDACTED_CREDIT_CARD]",
     "iban": "[REDACTED_IBAN]",
