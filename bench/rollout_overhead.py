@@ -46,7 +46,9 @@ from cluster import (  # noqa: E402
 from provision import provision  # noqa: E402
 from test_rollout import (  # noqa: E402
     ERROR_RATE,
+    MAIN,
     FakeKServe,
+    analysis_rules,
     prometheus_running,
     ro_path,
     rollout_body,
@@ -64,6 +66,23 @@ def prepared(
     """A namespace with an InferenceService on v1 (KServe played by FakeKServe, healthy
     metrics), v1 and v2 approved, and the operator running under the chart's RBAC."""
     plane.create_namespace(ns)
+    plane.admin.patch(
+        f"/api/v1/namespaces/{ns}", {"metadata": {"labels": {"whetstone.dev/bench": ns}}}
+    )
+    # The platform names the bench's Prometheus `main` for this namespace.
+    plane.admin.create(
+        "/apis/whetstone.dev/v1alpha1/platformpolicies",
+        {
+            "apiVersion": "whetstone.dev/v1alpha1",
+            "kind": "PlatformPolicy",
+            "metadata": {"name": ns},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"whetstone.dev/bench": ns}},
+                "priority": 100,
+                "analysis": analysis_rules(prom),
+            },
+        },
+    )
     for rev in ("grader-predictor-00001", "grader-predictor-00002"):
         prom.exporter.set(ns, rev, ok=20, errors=0)
     with (
@@ -76,6 +95,8 @@ def prepared(
             "WHETSTONE_ROLLOUT_RESYNC_SECONDS": str(resync),
             # The key the fixtures sign v1's and v2's records with.
             "WHETSTONE_APPROVAL_KEY": APPROVAL_KEY,
+            # The bench's Prometheus listens on loopback, as on a test cluster.
+            "WHETSTONE_ALLOW_LOOPBACK_TARGETS": "true",
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
         op = OperatorProcess(operator_argv(["--namespace", ns]), log, env)
@@ -104,7 +125,7 @@ def healthy_run(
             steps += [{"setWeight": weight}, {"pause": {"duration": f"{pause:g}s"}}]
         steps.append({"setWeight": 100})
         query = ERROR_RATE
-        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, prom.url, query))
+        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, MAIN, query))
         try:
             wait(lambda: rollout_status(kube, ns).get("phase") == "Succeeded", 120, "Succeeded")
         except TimeoutError:
@@ -144,7 +165,7 @@ def failing_run(plane: ControlPlane, prom: Any, resync: float, log: Path) -> dic
             {"pause": {}},
             {"setWeight": 100},
         ]
-        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, prom.url, ERROR_RATE))
+        kube.create(ro_path(ns), rollout_body("grader", "grader-v2", steps, MAIN, ERROR_RATE))
         wait(lambda: 25 in fake.percents(), 120, "weight 25")
         time.sleep(3)  # a few healthy rounds at 25%
         jump = time.monotonic()

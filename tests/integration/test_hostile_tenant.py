@@ -130,7 +130,11 @@ def operator(
     control_plane: ControlPlane, namespace: str, operator_process: OperatorFactory
 ) -> Iterator[Any]:
     """The operator (chart RBAC) with its admission webhook, for `namespace`."""
-    values = ["webhook.enabled=true", "webhook.configurations=operator"]
+    values = [
+        "webhook.enabled=true",
+        "webhook.configurations=operator",
+        f"webhook.configurationName=hostile-{namespace[-6:]}.whetstone.dev",
+    ]
     with (
         chart_rbac_applied(control_plane, f"ht-{namespace[-6:]}", namespace, values) as (acct, _),
         webhook_operator_running(

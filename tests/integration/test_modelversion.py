@@ -37,7 +37,11 @@ def mv_path(ns: str, name: str | None = None) -> str:
 @pytest.fixture
 def chart_rbac(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
     """The chart's RBAC with the webhook enabled (so it includes webhook permissions)."""
-    values = ["webhook.enabled=true", "webhook.configurations=operator"]
+    values = [
+        "webhook.enabled=true",
+        "webhook.configurations=operator",
+        f"webhook.configurationName=test-{namespace[-6:]}.whetstone.dev",
+    ]
     with chart_rbac_applied(control_plane, f"mv-{namespace[-6:]}", namespace, values) as rbac:
         yield rbac[0]
 

@@ -944,7 +944,11 @@ def webhook_operator(
 ) -> Iterator[OperatorProcess]:
     """The operator with its admission webhook, enforcing immutability only: spec validation
     stays with the schema and the reconcile, each of which the corpus exercises."""
-    _, config = rbac_for("webhook.enabled=true", "webhook.configurations=operator")
+    _, config = rbac_for(
+        "webhook.enabled=true",
+        "webhook.configurations=operator",
+        f"webhook.configurationName=bad-{namespace[-6:]}.whetstone.dev",
+    )
     with webhook_operator_running(
         control_plane,
         operator_process,
