@@ -8,6 +8,9 @@ import logging
 import os
 import random
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
@@ -158,6 +161,41 @@ def _parse(argv: list[str] | None) -> OperatorOptions:
     )
 
 
+# Kubernetes waits 30 s (the default grace period) after SIGTERM before it kills the pod.
+STOP_GRACE_SECONDS = 20.0
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def start_stop_watchdog(
+    seconds: float = STOP_GRACE_SECONDS, exit_: Callable[[int], None] = _exit_now
+) -> threading.Timer:
+    """Exit `seconds` after the operator began stopping, whatever still runs: a reconcile
+    stuck in a tenant's endpoint (or any handler thread) must not hold the process past its
+    grace period, and with it the peer waiting to take over."""
+
+    def expire() -> None:
+        logging.getLogger(__name__).error(
+            "still stopping after %gs: exiting with handlers still running", seconds
+        )
+        exit_(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@kopf.on.cleanup()
+def _on_stop(**_: Any) -> None:
+    start_stop_watchdog()
+
+
 def main(argv: list[str] | None = None) -> int:
     options = _parse(argv)
     handler = logging.StreamHandler()
@@ -185,4 +223,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Not sys.exit: the interpreter would join every handler thread, a stuck one included.
+    _exit_now(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -137,9 +138,24 @@ def _rank0_address(job: JobView | None) -> str | None:
     return str(pod.ip)
 
 
+PROGRESS_CAP = 256 * 1024  # bytes: a progress answer is a few hundred
+_CHUNK = 16 * 1024
+
+
 def _get_json(url: str, timeout: float) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310 # http://<pod IP>:<port>/... built above, never a URL from a spec
-        return json.loads(response.read())
+    """GET `url` and decode JSON, within `timeout` in total and PROGRESS_CAP bytes: the
+    trainer runs a tenant-chosen image, and a trickling or endless answer must cost only this
+    object's reconcile, briefly."""
+    deadline = time.monotonic() + timeout
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310 # the pod IP
+        data = bytearray()
+        while chunk := response.read1(_CHUNK):
+            data += chunk
+            if len(data) > PROGRESS_CAP:
+                raise ValueError(f"answer over {PROGRESS_CAP} bytes")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete answer within {timeout:g}s")
+    return json.loads(bytes(data))
 
 
 def fetch_progress(
