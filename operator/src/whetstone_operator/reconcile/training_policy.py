@@ -137,7 +137,8 @@ def check_training_policy(
             Violation(
                 "spec.dataset.redact",
                 policy.field("training.dataClasses"),
-                "restricted data must be redacted: list what to redact (email, phone, secret)",
+                "restricted data must be redacted: list what to redact (e.g. email, phone, "
+                "secret, creditCard, iban, ipAddress)",
             )
         )
     if spec.output.encryption is None and rules.require_output_encryption:
