@@ -9,6 +9,7 @@ for the API server; the integration tier applies the same files to a real one.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -124,5 +125,5 @@ def test_refused_with_a_message_naming_the_field(path: Path) -> None:
     parse_spec(spec_model(kind), old["spec"])
     resource = kopf.Resource("whetstone.dev", "v1alpha1", KINDS[kind][0].plural)
     with pytest.raises(kopf.AdmissionError) as refused:
-        validate_spec(body=kopf.Body(new), resource=resource, old=old)
+        asyncio.run(validate_spec(body=kopf.Body(new), resource=resource, old=old))
     assert field in str(refused.value), refused.value

@@ -10,10 +10,14 @@
   (`whetstone.dev/created-by`) and can never be changed.
 - spec validation (optional): the same pydantic models as the operator, so `kubectl apply` of a
   bad object fails at once; and ModelVersion `spec.artifact` / `spec.source` stay immutable.
+
+Every handler is a coroutine with its API calls in threads of their own: admission answers never
+queue behind reconciles in kopf's handler threads, whatever those are waiting on.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -141,7 +145,7 @@ def _creators(body: dict[str, Any]) -> list[str | None]:
     id="whetstone-created-by-modelversion",
     operations=["CREATE", "UPDATE"],
 )
-def created_by(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+async def created_by(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     user = str((kwargs.get("userinfo") or {}).get("username", "unknown"))
     old = kwargs.get("old")
     stamp = decide_created_by(
@@ -156,7 +160,7 @@ def created_by(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
 @kopf.on.mutate(
     GROUP, VERSION, "modelversions", id="whetstone-approval", operations=["CREATE", "UPDATE"]
 )
-def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+async def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     userinfo: dict[str, Any] = dict(kwargs.get("userinfo") or {})
     operation = str(kwargs.get("operation", "UPDATE"))
     old = kwargs.get("old")
@@ -166,7 +170,9 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     meta = body["metadata"]
     user = str(userinfo.get("username", "unknown"))
     groups = [str(g) for g in userinfo.get("groups") or []]
-    allowed, reason = k8s.can_approve(userinfo, meta["namespace"], meta["name"])
+    allowed, reason = await asyncio.to_thread(
+        k8s.can_approve, userinfo, meta["namespace"], meta["name"]
+    )
     if not allowed:
         raise kopf.AdmissionError(
             f"{user} may not {ask} ModelVersion {meta['name']}: that needs the 'approve' verb "
@@ -179,11 +185,12 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
         annotations[APPROVAL_ANNOTATION] = None
         annotations[REVOKE_ANNOTATION] = None
         return
-    policy = _namespace_policy(meta["namespace"])
+    policy = await asyncio.to_thread(_namespace_policy, meta["namespace"])
     refusal = approver_refusal(user, groups, policy.spec.approval, policy.name)
     if refusal is not None:
         raise kopf.AdmissionError(refusal, code=403)
-    refusal = self_approval(user, _creators(dict(body)), policy)
+    creators = await asyncio.to_thread(_creators, dict(body))
+    refusal = self_approval(user, creators, policy)
     if refusal is not None:
         raise kopf.AdmissionError(refusal, code=403)
     record = sign_approval(
@@ -214,7 +221,7 @@ def approval(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
 @kopf.on.validate(
     GROUP, VERSION, "rollouts", id="whetstone-validate-rollout", operations=["CREATE", "UPDATE"]
 )
-def validate_spec(body: kopf.Body, resource: kopf.Resource, **kwargs: Any) -> None:
+async def validate_spec(body: kopf.Body, resource: kopf.Resource, **kwargs: Any) -> None:
     old = kwargs.get("old")
     if resource.plural == "modelversions" and old:
         for part in ("artifact", "source"):
