@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from whetstone_contract.result import EXIT_VERIFY_FAILED
 from whetstone_operator import analysis
 from whetstone_operator.api.platformpolicy import PlatformPolicySpec
 from whetstone_operator.api.rollout import PredictorStorage
@@ -22,7 +23,8 @@ from whetstone_operator.reconcile.canary import (
     service_view,
 )
 from whetstone_operator.reconcile.canary.kserve import ADAPTER_PATH, BASE_PATH, Desired
-from whetstone_operator.reconcile.core import Obj, apply_merge_patch, status_diff
+from whetstone_operator.reconcile.core import Create, Obj, Patch, apply_merge_patch, status_diff
+from whetstone_operator.reconcile.finetunejob import JobView, PodView
 from whetstone_operator.reconcile.policy import Policy
 from whetstone_operator.reconcile.rollout import (
     SetDeployment,
@@ -35,6 +37,7 @@ from whetstone_operator.reconcile.rollout import (
     set_deployment,
     version_problem,
 )
+from whetstone_operator.render.verify import rollout_verify_job_name
 
 from tests.conftest import REPO_ROOT
 from tests.loopback import LoopbackServer, QuietHandler
@@ -305,8 +308,38 @@ def rollout(status: dict[str, Any] | None = None, **annotations: str) -> Obj:
     )
 
 
+V2_DIGEST = MV_SPEC["artifact"]["digest"]
+
+
+def verify_job(
+    message: str | None = None, complete: bool = True, owner: str = "", failed: bool = False
+) -> JobView:
+    """The Rollout's verify Job for grader-v2 (the Rollout's uid is "" in these tests)."""
+    pod = PodView(
+        name="p",
+        phase="Succeeded" if complete else ("Failed" if failed else "Running"),
+        exit_code=(0 if complete else (EXIT_VERIFY_FAILED if failed else None)),
+        message=message,
+    )
+    return JobView(
+        name=rollout_verify_job_name("grader", "grader-v2", V2_DIGEST),
+        succeeded=int(complete),
+        complete=complete,
+        failed_reason="BackoffLimitExceeded" if failed else None,
+        pods=(pod,),
+        owner_uid=owner,
+    )
+
+
+CHECKED = verify_job(json.dumps({"ok": True, "digest": V2_DIGEST}))
+
+
 def test_first_reconcile_patches_the_predictor_and_records_both_deployments() -> None:
-    world = World(service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": V2})
+    world = World(
+        service=service_view(isvc()),
+        versions={"grader-v1": V1, "grader-v2": V2},
+        verify_job=CHECKED,
+    )
     decision = decide_rollout(rollout(), world, NOW)
     assert decision.actions == [
         patch_predictor(
@@ -671,3 +704,70 @@ def test_a_refused_target_is_a_condition_and_an_event_and_nothing_is_sent() -> N
     assert "refused, nothing sent" in status["analysis"]["lastResults"][0]["message"]
     assert status["analysis"]["lastResults"][0]["passed"] is False
     assert "user:pw" not in json.dumps(status)
+
+
+FIRST_TRAFFIC = {
+    "no check yet: a verify Job of the Rollout's own, nothing sent": (
+        None,
+        "ArtifactVerifying",
+        ["Job"],
+    ),
+    "still checking": (verify_job(complete=False), "ArtifactVerifying", []),
+    "the files changed in storage since the version was verified": (
+        verify_job(json.dumps({"ok": True, "digest": "sha256:" + "0" * 64})),
+        "ArtifactChanged",
+        [],
+    ),
+    "a failed check": (
+        verify_job('{"ok": false, "reason": "digest mismatch"}', complete=False, failed=True),
+        "ArtifactChanged",
+        [],
+    ),
+    "a result without the digest": (verify_job(json.dumps({"ok": True})), "ArtifactChanged", []),
+    "a Job someone else made": (
+        verify_job(json.dumps({"ok": True, "digest": V2_DIGEST}), owner="not-ours"),
+        "ChildConflict",
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", FIRST_TRAFFIC, ids=list(FIRST_TRAFFIC))
+def test_no_first_traffic_before_the_rollout_checked_the_artifact_again(name: str) -> None:
+    job, reason, creates = FIRST_TRAFFIC[name]
+    world = World(
+        service=service_view(isvc()), versions={"grader-v1": V1, "grader-v2": V2}, verify_job=job
+    )
+    decision = decide_rollout(rollout(), world, NOW)
+    kinds = [a.body["kind"] for a in decision.actions if isinstance(a, Create)]
+    assert kinds == creates
+    assert not [a for a in decision.actions if isinstance(a, Patch)]  # the service untouched
+    assert decision.status["phase"] == "Pending"
+    ready = next(c for c in decision.status["conditions"] if c["type"] == "ModelVersionReady")
+    assert (ready["status"], ready["reason"]) == ("False", reason), ready
+    if creates:
+        (create,) = decision.actions
+        assert isinstance(create, Create)
+        owner = create.body["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["controller"]) == ("Rollout", True)
+        container = create.body["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][-2:] == ["--digest", V2_DIGEST]
+
+
+def test_a_passed_check_is_recorded_and_the_canary_starts() -> None:
+    world = World(
+        service=service_view(isvc()),
+        versions={"grader-v1": V1, "grader-v2": V2},
+        verify_job=CHECKED,
+    )
+    decision = decide_rollout(rollout(), world, NOW)
+    assert decision.status["candidateVerification"]["digest"] == V2_DIGEST
+    assert decision.status["phase"] == "Progressing"
+    assert [a for a in decision.actions if isinstance(a, Patch)]
+    # Once recorded, the Job is no longer needed to go on.
+    again = decide_rollout(
+        rollout(apply_merge_patch({}, decision.status)),
+        World(service=world.service, versions=world.versions),
+        NOW + timedelta(seconds=1),
+    )
+    assert not [a for a in again.actions if isinstance(a, Create)]

@@ -661,6 +661,15 @@ class HandledCommands(CamelModel):
     resume: Command | None = Field(default=None, description="Last handled whetstone.dev/resume.")
 
 
+class CandidateVerification(CamelModel):
+    """The candidate's artifact, checked again by a verify pod of this Rollout before its first
+    traffic."""
+
+    model_version: str = Field(max_length=NAME_MAX, description="The ModelVersion checked.")
+    digest: str = Field(max_length=71, description="The digest its files matched.")
+    at: str = Field(max_length=TIME_MAX, description="When (RFC 3339).")
+
+
 class RolloutStatus(StatusBase):
     """Observed state of a Rollout."""
 
@@ -684,6 +693,11 @@ class RolloutStatus(StatusBase):
     )
     canary_model_version: str | None = Field(
         default=None, max_length=NAME_MAX, description="ModelVersion being rolled out."
+    )
+    candidate_verification: CandidateVerification | None = Field(
+        default=None,
+        description="The candidate's artifact checked again (files against the digest) by this "
+        "Rollout's verify pod before any traffic went to it.",
     )
     step_start_time: str | None = Field(
         default=None,

@@ -24,9 +24,12 @@ from whetstone_operator.api import GROUP, VERSION
 from whetstone_operator.api.rollout import ROLLOUT_FINISHED
 from whetstone_operator.approval import assess, signed_parts
 from whetstone_operator.handlers import runtime
+from whetstone_operator.handlers.indexes import all_of, one_of
 from whetstone_operator.handlers.platformpolicy import namespace_policy
+from whetstone_operator.observe import job_view
 from whetstone_operator.reconcile.canary import ServiceView, service_view
 from whetstone_operator.reconcile.core import Action, Decision, Obj, apply_merge_patch
+from whetstone_operator.reconcile.finetunejob import JobView
 from whetstone_operator.reconcile.rollout import (
     VersionInfo,
     World,
@@ -34,6 +37,7 @@ from whetstone_operator.reconcile.rollout import (
     due_queries,
     set_deployment,
 )
+from whetstone_operator.render.verify import rollout_verify_job_name
 
 CANARY_WEIGHT = Gauge(
     "whetstone_rollout_canary_weight", "Traffic share of the canary (%).", ["namespace", "rollout"]
@@ -128,6 +132,22 @@ def observe(obj: Obj, indexes: Mapping[str, Any], now: datetime) -> World:
         service=service,
         versions=versions,
         measurements=analysis.measure_all(queries, guard()) if queries else None,
+        verify_job=_verify_job(obj, wanted, candidate, indexes),
+        defaults=settings.OPTIONS.trainer,
+    )
+
+
+def _verify_job(
+    obj: Obj, version: str, candidate: VersionInfo | None, indexes: Mapping[str, Any]
+) -> JobView | None:
+    """This Rollout's verify Job for the candidate's current digest (kopf's ws_jobs, ws_pods)."""
+    digest = str(((candidate.spec if candidate else {}).get("artifact") or {}).get("digest", ""))
+    if not digest:
+        return None
+    name = rollout_verify_job_name(obj.name, version, digest)
+    return job_view(
+        one_of(indexes["ws_jobs"], (obj.namespace, name)),
+        all_of(indexes["ws_pods"], (obj.namespace, name)),
     )
 
 

@@ -15,12 +15,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from whetstone_contract.result import EXIT_VERIFY_FAILED
 from whetstone_operator.api import API_VERSION
+from whetstone_operator.api.common import format_time
 from whetstone_operator.api.modelversion import ModelVersionSpec
 from whetstone_operator.api.names import ROLLOUT_TARGET_ANNOTATION
 from whetstone_operator.api.rollout import (
     ROLLOUT_ACTIVE,
     ROLLOUT_FINISHED,
+    CandidateVerification,
     PredictorStorage,
     RolloutSpec,
     RolloutStatus,
@@ -39,10 +42,17 @@ from whetstone_operator.reconcile.canary import (
     same_storage,
 )
 from whetstone_operator.reconcile.canary.kserve import is_applied
-from whetstone_operator.reconcile.core import Decision, Draft, Obj, Patch, UpdateStatus
-from whetstone_operator.reconcile.modelversion import evaluate_gate
+from whetstone_operator.reconcile.core import Create, Decision, Draft, Obj, Patch, UpdateStatus
+from whetstone_operator.reconcile.finetunejob import JobView
+from whetstone_operator.reconcile.modelversion import evaluate_gate, parse_verify_message
 from whetstone_operator.reconcile.policy import Policy
 from whetstone_operator.reconcile.validation import check_spec
+from whetstone_operator.render.verify import (
+    VersionOwner,
+    build_verify_job,
+    rollout_verify_job_name,
+)
+from whetstone_operator.render.workload import TrainerDefaults
 
 
 @dataclass(frozen=True)
@@ -68,11 +78,15 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class World:
-    """What the operator observes besides the Rollout."""
+    """What the operator observes besides the Rollout: its InferenceService, the namespace's
+    ModelVersions, the analysis measurements, and this Rollout's verify Job for the candidate
+    (with the pod defaults to build one)."""
 
     service: ServiceView | None = None
     versions: Mapping[str, VersionInfo] = field(default_factory=dict)
     measurements: tuple[Measurement, ...] | None = None
+    verify_job: JobView | None = None
+    defaults: TrainerDefaults = field(default_factory=TrainerDefaults)
 
 
 ISVC_API_VERSION = "serving.kserve.io/v1beta1"
@@ -154,6 +168,53 @@ def version_problem(name: str, version: VersionInfo | None) -> tuple[str, str] |
     if version.storage() is None:
         return "ModelVersionNotReady", f"ModelVersion {name} has no spec.artifact.uri"
     return None
+
+
+def first_traffic_check(
+    d: Draft[RolloutStatus], spec: ModelVersionSpec, name: str, world: World
+) -> tuple[str, str] | None:
+    """Before a version's first traffic, this Rollout's own verify pod checks its artifact
+    against the digest again (the files may have changed in storage since the ModelVersion
+    was verified): (reason, message) while that check runs or when it failed, None once it
+    passed (recorded in status.candidateVerification)."""
+    obj, digest = d.obj, spec.artifact.digest
+    done = d.status.candidate_verification
+    if done is not None and done.model_version == name and done.digest == digest:
+        return None
+    job_name = rollout_verify_job_name(obj.name, name, digest)
+    job = world.verify_job
+    if job is not None and job.owner_uid != obj.uid:
+        return "ChildConflict", (
+            f"Job {job_name} exists and is not this Rollout's (not controlled by uid {obj.uid}): "
+            "delete it to let the artifact be checked"
+        )
+    if job is None:
+        owner = VersionOwner(obj.name, obj.namespace, obj.uid, kind="Rollout")
+        d.act(
+            Create(build_verify_job(owner, spec, world.defaults, job_name=job_name, version=name))
+        )
+        return "ArtifactVerifying", (
+            f"checking ModelVersion {name}'s artifact against {digest} again before its first "
+            f"traffic (Job {job_name})"
+        )
+    definite = [p for p in job.pods if p.exit_code == EXIT_VERIFY_FAILED]
+    pod = definite[-1] if definite else (job.pods[-1] if job.pods else None)
+    found, detail = parse_verify_message(pod.message if pod else None)
+    if job.complete and found == digest:
+        d.status.candidate_verification = CandidateVerification(
+            model_version=name, digest=digest, at=format_time(d.now)
+        )
+        return None
+    if job.complete or job.failed_reason is not None or definite:
+        what = f"its files have digest {found}" if found else (detail or "no digest reported")
+        return "ArtifactChanged", (
+            f"ModelVersion {name}'s artifact no longer matches {digest} ({what}): nothing is "
+            "sent to it; register a new ModelVersion"
+        )
+    return "ArtifactVerifying", (
+        f"checking ModelVersion {name}'s artifact against {digest} again before its first "
+        f"traffic (Job {job_name})"
+    )
 
 
 def opt_in_problem(obj: Obj, service: ServiceView | None) -> str | None:
@@ -293,11 +354,20 @@ def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
         d.condition("TargetOptedIn", True, "OptedIn", "the InferenceService opted in")
     candidate = world.versions.get(spec.model_version)
     problem = version_problem(spec.model_version, candidate)
+    first_traffic: tuple[str, str] | None = None
+    starting = d.status.phase in (None, "Pending") or (
+        d.status.canary_model_version not in (None, spec.model_version)
+    )
+    if problem is None and candidate is not None and starting:
+        first_traffic = first_traffic_check(
+            d, ModelVersionSpec.model_validate(dict(candidate.spec)), spec.model_version, world
+        )
     observed = Observed(
         service=world.service,
         candidate=candidate.storage() if candidate else None,
         candidate_problem=problem[1] if problem else None,
         candidate_reason=problem[0] if problem else "ModelVersionReady",
+        first_traffic_problem=first_traffic,
         serving_version=serving_version(world.service, world.versions),
         annotations=obj.annotations,
         measurements=world.measurements,

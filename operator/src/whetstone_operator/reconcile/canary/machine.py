@@ -61,6 +61,9 @@ class Observed:
     candidate: PredictorStorage | None = None
     candidate_problem: str | None = None
     candidate_reason: str = "ModelVersionNotReady"
+    # Why the candidate may not get its first traffic yet: (reason, message) while its
+    # artifact is checked again, or when that check failed.
+    first_traffic_problem: tuple[str, str] | None = None
     serving_version: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     measurements: tuple[Measurement, ...] | None = None
@@ -267,6 +270,15 @@ class _Machine:
             message = obs.candidate_problem or f"ModelVersion {name} not found in this namespace"
             if self.condition("ModelVersionReady", False, obs.candidate_reason, message):
                 self.event("Warning", obs.candidate_reason, message)
+            self.state("Pending", f"waiting: {message}")
+            self.hold_stable()
+            return
+        if obs.first_traffic_problem is not None:
+            reason, message = obs.first_traffic_problem
+            if self.condition("ModelVersionReady", False, reason, message):
+                self.event(
+                    "Normal" if reason == "ArtifactVerifying" else "Warning", reason, message
+                )
             self.state("Pending", f"waiting: {message}")
             self.hold_stable()
             return
