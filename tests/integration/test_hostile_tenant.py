@@ -29,6 +29,7 @@ from cluster import (
     webhook_operator_running,
 )
 from tenancy import Tenant
+from test_rollout import VerifyPods
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -450,13 +451,19 @@ def test_a_rollout_drives_only_a_service_that_opted_in(
             service, {"metadata": {"annotations": {"whetstone.dev/rollout": "grader"}}}
         )
     assert denied.value.status == 403
-    # Its owner can; then the canary starts.
+    # Its owner can; then the canary starts, once the Rollout checked the artifact again.
     kube.patch(service, {"metadata": {"annotations": {"whetstone.dev/rollout": "grader"}}})
 
     def canary() -> int | None:
         return kube.get(service)["spec"]["predictor"].get("canaryTrafficPercent")
 
-    assert wait_for(canary, timeout=30, what="the canary at 5%") == 5
+    verifier = VerifyPods(kube, ns).start()
+    try:
+        assert wait_for(canary, timeout=30, what="the canary at 5%") == 5
+    finally:
+        verifier.stop()
+    checked = status_of(kube, ro)["candidateVerification"]
+    assert checked["modelVersion"] == "grader-v6" and checked["digest"] == DIGEST
 
 
 # --------------------------------------------------------------------------- training

@@ -223,7 +223,8 @@ def make_plans(rng: random.Random, count: int, prefix: str, spread: float) -> li
 
 class Actors:
     """Plays the kubelet for every pod of the plans' Jobs (validation, trainer) and for the
-    verify pods of registered ModelVersions, on a thread, until stopped."""
+    verify pods (registered ModelVersions', Rollouts' checks before first traffic), on a
+    thread, until stopped."""
 
     def __init__(self, kube: Kube, namespace: str, plans: list[JobPlan]) -> None:
         self.kube = kube
@@ -278,7 +279,7 @@ class Actors:
 
     def _act(self, pod: dict[str, Any], job: str, age: float) -> bool:
         name = pod["metadata"]["name"]
-        if job.endswith("-verify"):
+        if (pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "verifier":
             args = pod["spec"]["containers"][0].get("args") or []
             digest = args[args.index("--digest") + 1] if "--digest" in args else ""
             message = json.dumps({"ok": True, "digest": digest})

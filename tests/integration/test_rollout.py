@@ -30,6 +30,7 @@ from cluster import (
     ControlPlane,
     KServe,
     Kube,
+    Kubelet,
     ManagedProcess,
     OperatorFactory,
     OperatorProcess,
@@ -185,6 +186,46 @@ def prometheus_running(binary: str | os.PathLike[str]) -> Iterator[Prometheus]:
 
 
 # --------------------------------------------------------------------------- KServe
+
+
+@dataclass
+class VerifyPods:
+    """Plays the kubelet for the verify pods of one namespace: each one (a ModelVersion's, or
+    a Rollout's check before its first traffic) finds the files matching the digest it was
+    asked about, unless its artifact URI is in `changed` (the files differ in storage)."""
+
+    kube: Kube
+    namespace: str
+    changed: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> VerifyPods:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        kubelet = Kubelet(self.kube)
+        while not self._stop.is_set():
+            with contextlib.suppress(ApiError, OSError):
+                for pod in kubelet.pods(self.namespace, "app.kubernetes.io/component=verifier"):
+                    name = pod["metadata"]["name"]
+                    if name in self.finished:
+                        continue
+                    args = pod["spec"]["containers"][0]["args"]  # verify URI --digest D
+                    uri, digest = args[1], args[-1]
+                    found = "sha256:" + "0" * 64 if uri in self.changed else digest
+                    message = json.dumps({"ok": found == digest, "digest": found})
+                    kubelet.succeed(self.namespace, name, message=message)
+                    self.finished.add(name)
+            self._stop.wait(0.2)
 
 
 @dataclass
@@ -509,12 +550,14 @@ def serving_v1(
     ModelVersions grader-v1 (approved) and grader-v2 (approved unless said)."""
     create_inference_service(kube, namespace)
     fake = FakeKServe(kube, namespace, "grader", **kserve).start()
+    verifier = VerifyPods(kube, namespace).start()
     try:
         wait_for(lambda: fake.revisions, timeout=10, what="revision 1")
         create_model_version(kube, namespace, "grader-v1", 1, V1_URI)
         create_model_version(kube, namespace, "grader-v2", 2, V2_URI, approved=v2_approved)
         yield fake
     finally:
+        verifier.stop()
         fake.stop()
 
 
