@@ -466,6 +466,38 @@ def test_a_rollout_drives_only_a_service_that_opted_in(
     assert checked["modelVersion"] == "grader-v6" and checked["digest"] == DIGEST
 
 
+def test_an_artifact_changed_in_storage_after_verification_gets_no_traffic(
+    kube: Kube,
+    kubelet: Kubelet,
+    namespace: str,
+    tenant: Callable[..., Tenant],
+    approver: Callable[..., Tenant],
+    operator: Any,
+) -> None:
+    """Verified and approved, then the tenant swaps the files at the artifact's URI: the
+    Rollout's own check before the first traffic finds another digest, and nothing is sent."""
+    ns, mallory, alice = namespace, tenant(namespace), approver(namespace)
+    mallory.kube.create(mv_path(ns), version("swapped"))
+    verified(kube, kubelet, ns, "swapped")
+    assert annotate(alice, ns, "swapped", "whetstone.dev/approve=true").returncode == 0
+    wait_status(kube, mv_path(ns, "swapped"), lambda s: s.get("phase") == "Approved", "approved")
+    service = create_service(kube, ns)
+    verifier = VerifyPods(kube, ns, changed={MV_SAMPLE["spec"]["artifact"]["uri"]}).start()
+    try:
+        ro = rollout(mallory.kube, ns, "swapped")
+        status = wait_status(
+            kube,
+            ro,
+            lambda s: condition(s, "ModelVersionReady").get("reason") == "ArtifactChanged",
+            "the changed artifact is refused",
+        )
+        untouched(kube, service)
+    finally:
+        verifier.stop()
+    assert status["phase"] == "Pending" and "candidateVerification" not in status, status
+    assert "no longer matches" in condition(status, "ModelVersionReady")["message"]
+
+
 # --------------------------------------------------------------------------- training
 
 
