@@ -44,6 +44,7 @@ from cluster import (  # noqa: E402
     operator_argv,
 )
 from provision import provision  # noqa: E402
+from tenancy import platform_policy  # noqa: E402
 from test_rollout import (  # noqa: E402
     ERROR_RATE,
     MAIN,
@@ -66,26 +67,11 @@ def prepared(
     """A namespace with an InferenceService on v1 (KServe played by FakeKServe, healthy
     metrics), v1 and v2 approved, and the operator running under the chart's RBAC."""
     plane.create_namespace(ns)
-    plane.admin.patch(
-        f"/api/v1/namespaces/{ns}", {"metadata": {"labels": {"whetstone.dev/bench": ns}}}
-    )
-    # The platform names the bench's Prometheus `main` for this namespace.
-    plane.admin.create(
-        "/apis/whetstone.dev/v1alpha1/platformpolicies",
-        {
-            "apiVersion": "whetstone.dev/v1alpha1",
-            "kind": "PlatformPolicy",
-            "metadata": {"name": ns},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"whetstone.dev/bench": ns}},
-                "priority": 100,
-                "analysis": analysis_rules(prom),
-            },
-        },
-    )
     for rev in ("grader-predictor-00001", "grader-predictor-00002"):
         prom.exporter.set(ns, rev, ok=20, errors=0)
     with (
+        # The platform names the bench's Prometheus `main` for this namespace.
+        platform_policy(plane.admin, ns, {"analysis": analysis_rules(prom)}, prefix="bench"),
         serving_v1(plane.admin, ns, ready_delay=KSERVE_READY_DELAY) as fake,
         chart_rbac_applied(plane, f"rb-{ns[-4:]}", ns) as (_, config),
     ):

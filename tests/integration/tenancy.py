@@ -5,15 +5,19 @@ and the chart's ``whetstone-approver`` on top for reviewers.
 A :class:`Tenant` acts as its identity through a :class:`Kube` client and a kubeconfig
 (impersonation with the admin token for users, a TokenRequest token for
 ServiceAccounts), so every answer is the API server's own RBAC decision.
+:func:`platform_policy` is the other side: the PlatformPolicy the platform team writes for
+a tenant's namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from subprocess import CompletedProcess
+from typing import Any
 
 import yaml
 
@@ -234,3 +238,42 @@ def service_account_tenant(
         plane.sa_kubeconfig(namespace, name),
         plane,
     )
+
+
+POLICY_API = "whetstone.dev/v1alpha1"
+POLICY_LABEL = "whetstone.dev/test-policy"
+
+
+def policy_path(name: str | None = None) -> str:
+    return resource_path(POLICY_API, "platformpolicies", None, name)
+
+
+@contextlib.contextmanager
+def platform_policy(
+    admin: Kube, namespace: str, spec: Mapping[str, Any], prefix: str = "p"
+) -> Iterator[str]:
+    """The platform team's PlatformPolicy `<prefix>-<namespace>` for `namespace` alone
+    (selected by a label it puts on the namespace, above the default's priority): yields its
+    name and deletes it afterwards (it is cluster-scoped)."""
+    name = f"{prefix}-{namespace}"[:63]
+    admin.patch(
+        resource_path("v1", "namespaces", name=namespace),
+        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
+    )
+    admin.create(
+        policy_path(),
+        {
+            "apiVersion": POLICY_API,
+            "kind": "PlatformPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
+                "priority": 100,
+                **spec,
+            },
+        },
+    )
+    try:
+        yield name
+    finally:
+        admin.delete(policy_path(name))

@@ -23,6 +23,7 @@ from cluster import (
     resource_path,
     wait_for,
 )
+from tenancy import platform_policy, policy_path
 from tests.conftest import REPO_ROOT
 from tests.loopback import LoopbackServer, QuietHandler
 
@@ -56,42 +57,17 @@ def ftj_path(ns: str, name: str | None = None) -> str:
     return resource_path(API, "finetunejobs", ns, name)
 
 
-POLICY_LABEL = "whetstone.dev/test-policy"
-
-
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def policy_path(name: str | None = None) -> str:
-    return resource_path(API, "platformpolicies", None, name)
 
 
 @pytest.fixture(autouse=True)
 def tenant_policy(kube: Kube, namespace: str) -> Iterator[str]:
     """A PlatformPolicy for this test's namespace, as a platform team writes one: it gives
     every trainer pod the GPU nodes' toleration."""
-    name = f"ftj-{namespace}"[:63]
-    kube.patch(
-        resource_path("v1", "namespaces", name=namespace),
-        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
-    )
-    kube.create(
-        policy_path(),
-        {
-            "apiVersion": API,
-            "kind": "PlatformPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
-                "priority": 100,
-                "training": {"tolerations": [GPU_TOLERATION]},
-            },
-        },
-    )
-    try:
+    with platform_policy(
+        kube, namespace, {"training": {"tolerations": [GPU_TOLERATION]}}, prefix="ftj"
+    ) as name:
         yield name
-    finally:
-        kube.delete(policy_path(name))
 
 
 def finetunejob(name: str, **spec_changes: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from cluster import (
     wait_for,
     webhook_operator_running,
 )
-from tenancy import Tenant
+from tenancy import Tenant, platform_policy, policy_path
 from test_rollout import VerifyPods
 from tests.conftest import REPO_ROOT
 
@@ -39,7 +39,6 @@ ISVC_API = "serving.kserve.io/v1beta1"
 MV_SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/modelversion.yaml").read_text())
 FTJ_SAMPLE = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
 DIGEST = MV_SAMPLE["spec"]["artifact"]["digest"]
-POLICY_LABEL = "whetstone.dev/test-policy"
 # The GPU nodes' taint: the platform's policy gives trainer pods its toleration.
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
@@ -98,32 +97,13 @@ def events(kube: Kube, ns: str, name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def platform_policy(kube: Kube, ns: str, spec: dict[str, Any]) -> Iterator[str]:
-    """The platform team's PlatformPolicy for `ns` (selected by a label on the namespace),
-    once the operator reports it governs the namespace."""
-    name = f"p-{ns}"[:63]
-    kube.patch(
-        resource_path("v1", "namespaces", name=ns), {"metadata": {"labels": {POLICY_LABEL: ns}}}
-    )
-    path = resource_path(API, "platformpolicies", name=name)
-    kube.create(
-        path,
-        {
-            "apiVersion": API,
-            "kind": "PlatformPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {POLICY_LABEL: ns}},
-                "priority": 100,
-                **spec,
-            },
-        },
-    )
-    try:
+def governing(kube: Kube, ns: str, spec: dict[str, Any]) -> Iterator[str]:
+    """The platform team's PlatformPolicy for `ns`, once the operator reports it governs the
+    namespace."""
+    with platform_policy(kube, ns, spec) as name:
+        path = policy_path(name)
         wait_status(kube, path, lambda s: ns in (s.get("namespaces") or []), f"{name} governs {ns}")
         yield name
-    finally:
-        kube.delete(path)
 
 
 @pytest.fixture
@@ -397,7 +377,7 @@ def test_two_person_rule(
 ) -> None:
     ns, mallory = namespace, tenant(namespace)
     alice, bob = approver(ns, "alice"), approver(ns, "bob")
-    with platform_policy(kube, ns, {"approval": {"minApprovers": 2}}) as policy:
+    with governing(kube, ns, {"approval": {"minApprovers": 2}}) as policy:
         mallory.kube.create(mv_path(ns), version("grader-v5"))
         verified(kube, kubelet, ns, "grader-v5")
         assert annotate(alice, ns, "grader-v5", "whetstone.dev/approve=true").returncode == 0
@@ -543,7 +523,7 @@ def test_training_outside_the_policy_is_refused_and_nothing_is_scheduled(
 ) -> None:
     ns, mallory = namespace, tenant(namespace)
     tolerations = GPU_TOLERATIONS
-    with platform_policy(kube, ns, {"training": {"tolerations": tolerations}}) as policy:
+    with governing(kube, ns, {"training": {"tolerations": tolerations}}) as policy:
         for name, (change, _) in REFUSED_JOBS.items():
             body = copy.deepcopy(FTJ_SAMPLE)
             body["metadata"] = {"name": job_name(name)}
@@ -576,7 +556,7 @@ def test_a_squatted_child_name_is_reported_not_adopted(
     trainer configuration, say): the operator reports the conflict and schedules nothing."""
     ns, mallory = namespace, tenant(namespace)
     tolerations = GPU_TOLERATIONS
-    with platform_policy(kube, ns, {"training": {"tolerations": tolerations}}):
+    with governing(kube, ns, {"training": {"tolerations": tolerations}}):
         mallory.kube.create(
             resource_path("v1", "configmaps", ns),
             {
@@ -615,7 +595,7 @@ def test_budget_exhausted_then_raised(
         }
     }
     jobs_path = resource_path(API, "finetunejobs", ns)
-    with platform_policy(kube, ns, spec) as policy:
+    with governing(kube, ns, spec) as policy:
         first = copy.deepcopy(FTJ_SAMPLE)
         first["metadata"] = {"name": "spender"}
         mallory.kube.create(jobs_path, first)
@@ -626,10 +606,9 @@ def test_budget_exhausted_then_raised(
         kubelet.run(ns, tpod["metadata"]["name"])
         time.sleep(1.5)  # 8 GPUs: 12 GPU-seconds, over the budget
         kubelet.fail(ns, tpod["metadata"]["name"], message="preempted", exit_code=137)
-        policy_path = resource_path(API, "platformpolicies", name=policy)
         spent = wait_status(
             kube,
-            policy_path,
+            policy_path(policy),
             lambda s: ((s.get("spend") or {}).get(ns) or {}).get("gpuHours", 0) >= 0.001,
             "the namespace's spend passes its budget",
         )
@@ -654,7 +633,9 @@ def test_budget_exhausted_then_raised(
             for j in kube.list(resource_path("batch/v1", "jobs", ns))
             if j["metadata"]["name"].startswith("over-budget")
         ]
-        kube.patch(policy_path, {"spec": {"training": {"budget": {"gpuHoursPerMonth": 100}}}})
+        kube.patch(
+            policy_path(policy), {"spec": {"training": {"budget": {"gpuHoursPerMonth": 100}}}}
+        )
         released = wait_status(
             kube,
             resource_path(API, "finetunejobs", ns, "over-budget"),

@@ -11,7 +11,6 @@ import json
 import secrets
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from cluster import (
     resource_path,
     wait_for,
 )
+from tenancy import platform_policy
 from test_rollout import ro_path, rollout_body, serving_v1
 from tests.conftest import REPO_ROOT
 from tests.loopback import LoopbackServer, QuietHandler
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.integration
 
 API = "whetstone.dev/v1alpha1"
 FTJ = yaml.safe_load((REPO_ROOT / "manifests/samples/finetunejob.yaml").read_text())
-POLICY_LABEL = "whetstone.dev/test-policy"
 MEMORY_LIMIT = 512 * 2**20  # the chart's default limit
 GIGABYTE = 2**30
 
@@ -86,33 +85,6 @@ class Hostile:
 
     def close(self) -> None:
         self.server.close()
-
-
-@contextlib.contextmanager
-def governed(kube: Kube, namespace: str, spec: dict[str, Any]) -> Iterator[str]:
-    name = f"iso-{namespace}"[:63]
-    kube.patch(
-        resource_path("v1", "namespaces", name=namespace),
-        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
-    )
-    path = resource_path(API, "platformpolicies", name=name)
-    kube.create(
-        path,
-        {
-            "apiVersion": API,
-            "kind": "PlatformPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
-                "priority": 100,
-                **spec,
-            },
-        },
-    )
-    try:
-        yield name
-    finally:
-        kube.delete(path)
 
 
 def time_to_validating(kube: Kube, namespace: str, name: str) -> float:
@@ -175,7 +147,7 @@ def test_a_hostile_rollout_does_not_slow_another_tenant(
     try:
         with (
             chart_rbac_applied(control_plane, f"iso-{attacker[-6:]}", attacker) as (_, config),
-            governed(kube, attacker, {"analysis": analysis}),
+            platform_policy(kube, attacker, {"analysis": analysis}, prefix="iso"),
         ):
             op = operator_process(
                 config,

@@ -43,6 +43,7 @@ from cluster import (
     wait_for,
 )
 from signed import sign_model_version
+from tenancy import platform_policy, policy_path
 from tests.loopback import LoopbackServer, QuietHandler
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,6 @@ V2_URI = "s3://models/grader/v2/"
 # Prometheus and the test's model servers listen on loopback: a test cluster's option.
 OPERATOR_ENV = {"WHETSTONE_RESYNC_SECONDS": "1", "WHETSTONE_ALLOW_LOOPBACK_TARGETS": "true"}
 LOOPBACK = analysis.Guard(allow_loopback=True)
-POLICY_LABEL = "whetstone.dev/test-policy"
 MAIN = {"endpoint": "main"}
 ERROR_RATE = (
     'sum(rate(model_requests_total{{namespace="{{{{namespace}}}}",revision="{{{{canary}}}}",'
@@ -488,10 +488,6 @@ def deployments(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return list((kube.get(mv_path(namespace, name)).get("status") or {}).get("deployments") or [])
 
 
-def policy_path(name: str | None = None) -> str:
-    return resource_path(API, "platformpolicies", None, name)
-
-
 def analysis_rules(prom: Prometheus, **more: list[Any]) -> dict[str, Any]:
     """The test platform's analysis rules: its Prometheus named `main`, reachable by raw
     address too."""
@@ -505,28 +501,10 @@ def analysis_rules(prom: Prometheus, **more: list[Any]) -> dict[str, Any]:
 @pytest.fixture(autouse=True)
 def analysis_policy(kube: Kube, namespace: str, prometheus: Prometheus) -> Iterator[str]:
     """The PlatformPolicy of this test's namespace, as the platform team writes one."""
-    name = f"ro-{namespace}"[:63]
-    kube.patch(
-        resource_path("v1", "namespaces", name=namespace),
-        {"metadata": {"labels": {POLICY_LABEL: namespace}}},
-    )
-    kube.create(
-        policy_path(),
-        {
-            "apiVersion": API,
-            "kind": "PlatformPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {POLICY_LABEL: namespace}},
-                "priority": 100,
-                "analysis": analysis_rules(prometheus),
-            },
-        },
-    )
-    try:
+    with platform_policy(
+        kube, namespace, {"analysis": analysis_rules(prometheus)}, prefix="ro"
+    ) as name:
         yield name
-    finally:
-        kube.delete(policy_path(name))
 
 
 @pytest.fixture
