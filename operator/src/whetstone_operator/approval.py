@@ -17,6 +17,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -76,38 +77,40 @@ def _mac(key: bytes, parts: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def _spec(spec: Mapping[str, Any]) -> ModelVersionSpec | None:
-    try:
-        return ModelVersionSpec.model_validate(dict(spec))
-    except ValidationError:
-        return None
-
-
-def served_fields(spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The parts of a ModelVersion spec an approval covers, normalised (defaults filled, so
-    the API server's defaulting never changes them); None when the spec does not parse."""
-    parsed = _spec(spec)
-    if parsed is None:
-        return None
-    return parsed.model_dump(mode="json", by_alias=True, exclude_none=True, include=_SERVED)
-
-
-def _artifact(spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    parsed = _spec(spec)
-    if parsed is None:
-        return None
-    return parsed.artifact.model_dump(mode="json", include={"uri", "format", "digest"})
-
-
 @dataclass(frozen=True)
 class Subject:
-    """The ModelVersion a record is about."""
+    """The ModelVersion a record is about; its spec is parsed once, however many records
+    are checked."""
 
     namespace: str
     name: str
     uid: str
     generation: int
     spec: Mapping[str, Any]
+
+    @cached_property
+    def parsed(self) -> ModelVersionSpec | None:
+        try:
+            return ModelVersionSpec.model_validate(dict(self.spec))
+        except ValidationError:
+            return None
+
+    @cached_property
+    def served(self) -> dict[str, Any] | None:
+        """The parts of the spec an approval covers, normalised (defaults filled, so the API
+        server's defaulting never changes them); None when the spec does not parse."""
+        if self.parsed is None:
+            return None
+        return self.parsed.model_dump(
+            mode="json", by_alias=True, exclude_none=True, include=_SERVED
+        )
+
+    @cached_property
+    def artifact(self) -> dict[str, Any] | None:
+        """The artifact's URI, format and digest (what a verification covers)."""
+        if self.parsed is None:
+            return None
+        return self.parsed.artifact.model_dump(mode="json", include={"uri", "format", "digest"})
 
     @classmethod
     def of(cls, body: Mapping[str, Any]) -> Subject:
@@ -149,7 +152,7 @@ def _approval_mac(key: bytes, subject: Subject, user: str, groups: Sequence[str]
         subject.name,
         subject.uid,
         subject.generation,
-        served_fields(subject.spec),
+        subject.served,
         user,
         sorted(groups),
         at,
@@ -232,7 +235,7 @@ def assess(
     lift it)."""
     subject = Subject.of(body)
     annotations = (body.get("metadata") or {}).get("annotations") or {}
-    parsed = _spec(subject.spec)
+    parsed = subject.parsed
     wanted = rules.required or (parsed is None or parsed.approval.required)
     valid, stale = valid_approvals(key, subject, annotations)
     counted: list[Approver] = []
@@ -244,7 +247,7 @@ def assess(
         else:
             refused.append(why)
     if verified is None:
-        verified = is_verified(key, body)
+        verified = _verified(key, subject, (body.get("status") or {}).get("verification"))
     return Trust(
         verified=verified,
         approvers=tuple(counted),
@@ -259,7 +262,7 @@ def assess(
 
 def sign_verification(key: bytes, subject: Subject, at: str) -> dict[str, Any] | None:
     """The status.verification record for a verified artifact (None for a bad spec)."""
-    artifact = _artifact(subject.spec)
+    artifact = subject.artifact
     if artifact is None:
         return None
     sig = _mac(key, ["verified", subject.namespace, subject.name, subject.uid, artifact, at])
@@ -268,15 +271,12 @@ def sign_verification(key: bytes, subject: Subject, at: str) -> dict[str, Any] |
 
 def is_verified(key: bytes, body: Mapping[str, Any]) -> bool:
     """Whether status.verification is the operator's signed record for this artifact."""
-    record = (body.get("status") or {}).get("verification")
-    if not isinstance(record, Mapping):
+    return _verified(key, Subject.of(body), (body.get("status") or {}).get("verification"))
+
+
+def _verified(key: bytes, subject: Subject, record: Any) -> bool:
+    if not isinstance(record, Mapping) or subject.artifact is None:
         return False
-    subject = Subject.of(body)
-    artifact = _artifact(subject.spec)
-    if artifact is None:
-        return False
-    expected = _mac(
-        key,
-        ["verified", subject.namespace, subject.name, subject.uid, artifact, str(record.get("at"))],
-    )
+    parts = ["verified", subject.namespace, subject.name, subject.uid, subject.artifact]
+    expected = _mac(key, [*parts, str(record.get("at"))])
     return hmac.compare_digest(expected, str(record.get("sig", "")))

@@ -4,7 +4,7 @@ derive the lifecycle phase from what Rollouts report. Pure: `now` is a parameter
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -129,7 +129,7 @@ def decide_modelversion(mv: Obj, observed: Observed, now: datetime) -> Decision:
     return d.finish()
 
 
-def body_of(mv: Obj, status: ModelVersionStatus | None = None) -> dict[str, object]:
+def body_of(mv: Obj) -> dict[str, object]:
     """The object as the signed records see it."""
     return {
         "metadata": {
@@ -140,7 +140,7 @@ def body_of(mv: Obj, status: ModelVersionStatus | None = None) -> dict[str, obje
             "annotations": dict(mv.annotations),
         },
         "spec": mv.spec,
-        "status": status.wire() if status is not None else mv.status,
+        "status": mv.status,
     }
 
 
@@ -281,13 +281,8 @@ def _decide(d: Draft[ModelVersionStatus], spec: ModelVersionSpec, observed: Obse
             status.approvals = []
             status.approved_by = status.approved_at = None
             return
-        trust = assess(
-            observed.key,
-            body_of(mv, status),
-            policy.spec.approval,
-            verified=True,
-            policy=policy.name,
-        )
+        # The approvals do not depend on the verification: only the flag changes.
+        trust = replace(trust, verified=True)
 
     # 2. Gates on the recorded metrics.
     results = [evaluate_gate(g, spec) for g in spec.gates]

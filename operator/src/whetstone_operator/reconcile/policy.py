@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,18 +41,19 @@ def month_of(now: datetime) -> str:
 
 @dataclass(frozen=True)
 class PolicyEntry:
-    """A PlatformPolicy as the operator indexes it."""
+    """A PlatformPolicy as the operator indexes it; its spec is parsed once per version of
+    the object, not at every reconcile that asks which policy governs a namespace."""
 
     name: str
     spec: Mapping[str, Any]
     status: Mapping[str, Any] = field(default_factory=dict)
 
-
-def _parse(entry: PolicyEntry) -> PlatformPolicySpec | None:
-    try:
-        return PlatformPolicySpec.model_validate(dict(entry.spec))
-    except ValidationError:
-        return None
+    @cached_property
+    def parsed(self) -> PlatformPolicySpec | None:
+        try:
+            return PlatformPolicySpec.model_validate(dict(self.spec))
+        except ValidationError:
+            return None
 
 
 def governing(
@@ -62,7 +64,7 @@ def governing(
     labels = dict(namespace_labels)
     best: tuple[tuple[int, str], PolicyEntry, PlatformPolicySpec] | None = None
     for entry in entries:
-        spec = _parse(entry)
+        spec = entry.parsed
         if spec is None or not spec.namespace_selector.matches(labels):
             continue
         rank = (-spec.priority, entry.name)
