@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -69,6 +70,14 @@ class VersionInfo:
     spec: Mapping[str, Any] = field(default_factory=dict)
     record: Mapping[str, Any] = field(default_factory=dict)  # what the signatures cover
     trust: Trust | None = None
+
+    @cached_property
+    def parsed(self) -> ModelVersionSpec | None:
+        """The spec, parsed once (None when it does not parse)."""
+        try:
+            return ModelVersionSpec.model_validate(dict(self.spec))
+        except ValidationError:
+            return None
 
     def storage(self) -> PredictorStorage | None:
         if not self.artifact_uri:
@@ -141,9 +150,8 @@ def version_problem(name: str, version: VersionInfo | None) -> tuple[str, str] |
         return "ModelVersionNotFound", (
             f"ModelVersion {name} not found in this namespace: create it (or fix spec.modelVersion)"
         )
-    try:
-        spec = ModelVersionSpec.model_validate(dict(version.spec))
-    except ValidationError:
+    spec = version.parsed
+    if spec is None:
         return "ModelVersionNotReady", f"ModelVersion {name} has an invalid spec"
     trust = version.trust
     if trust is None or not trust.verified:
@@ -358,10 +366,8 @@ def decide_rollout(obj: Obj, world: World, now: datetime) -> Decision:
     starting = d.status.phase in (None, "Pending") or (
         d.status.canary_model_version not in (None, spec.model_version)
     )
-    if problem is None and candidate is not None and starting:
-        first_traffic = first_traffic_check(
-            d, ModelVersionSpec.model_validate(dict(candidate.spec)), spec.model_version, world
-        )
+    if problem is None and candidate is not None and candidate.parsed is not None and starting:
+        first_traffic = first_traffic_check(d, candidate.parsed, spec.model_version, world)
     observed = Observed(
         service=world.service,
         candidate=candidate.storage() if candidate else None,
